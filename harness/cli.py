@@ -1,0 +1,148 @@
+"""Command line: `harness run`, `harness report`, `harness list`. Thin: parse, validate, call."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from harness.errors import HarnessError
+from harness.models import BUNDLED, DEFAULT_MODEL
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """['leap.steps=10', 'wanda.group=row'] -> {'leap': {'steps': '10'}, 'wanda': {...}}."""
+    overrides: dict[str, dict[str, str]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot or not method or not name:
+            raise HarnessError(f"--set takes METHOD.FIELD=VALUE, e.g. --set leap.steps=100; got {pair!r}")
+        overrides.setdefault(method.strip(), {})[name.strip()] = value.strip()
+    return overrides
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(s) for s in _split(text)]
+    except ValueError:
+        raise HarnessError(f"--seed takes integers separated by commas; got {text!r}") from None
+
+
+@click.group()
+@click.version_option(package_name="leap-harness")
+def cli() -> None:
+    """Prune LLMs with several methods under one protocol and report who wins."""
+
+
+@cli.command()
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Comma list: bundled alias, local folder or hub id.")
+@click.option("--methods", default="magnitude", show_default=True, help="Comma list of registered methods (see `harness list`).")
+@click.option("--sparsity", default="0.5", show_default=True, help="Comma list of ratios in [0, 1) or N:M patterns like 2:4.")
+@click.option("--seed", default="0", show_default=True, help="Comma list of seeds (calibration sampling and method randomness).")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Folder for the JSON records.")
+@click.option("--nsamples", type=int, default=None, help="Calibration samples [default: 128 on GPU, 32 on CPU].")
+@click.option("--seqlen", type=int, default=None, help="Calibration and perplexity window length [default: 2048 on GPU, 512 on CPU].")
+@click.option("--ppl-tokens", type=int, default=None, help="Limit the WikiText-2 tokens [default: all].")
+@click.option("--tasks", default="leap6", show_default=True, help="Zero-shot suites/tasks (leap6, wanda7, piqa, ...) or 'none'.")
+@click.option("--limit", type=int, default=None, help="Items per task (per MMLU subject) [default: all on GPU, 100 on CPU].")
+@click.option("--eval-batch-size", default=None, help="lm-eval batch size (integer or 'auto').")
+@click.option("--hellaswag", type=click.Choice(["exact", "normalized"]), default="exact", show_default=True, help="HellaSwag data: 1000 exact lm-eval items or all 10042 normalized.")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
+@click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16.")
+@click.option("--force", is_flag=True, help="Recompute cells whose record exists.")
+@click.option("--save-model", type=click.Path(path_type=Path), default=None, help="Save each pruned model here as a safetensors folder.")
+@click.option("--set", "sets", multiple=True, metavar="METHOD.FIELD=VALUE", help="Set a field of a method's config (repeatable).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data root [default: $HARNESS_DATA_DIR or ../shared/data].")
+@click.option("--targets", "target_pattern", default=None, help="Regex over module names restricting the pruned linears.")
+@click.option("--no-dense", is_flag=True, help="Do not evaluate the dense model.")
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report into reports/latest at the end.")
+def run(**options) -> None:
+    """Prune and evaluate every cell of models x methods x sparsities x seeds."""
+    from harness.runner import RunSettings, run_sweep
+
+    batch = options["eval_batch_size"]
+    settings = RunSettings(
+        models=_split(options["model"]),
+        methods=_split(options["methods"]),
+        sparsities=_split(options["sparsity"]),
+        seeds=_seeds(options["seed"]),
+        out=options["out"],
+        nsamples=options["nsamples"],
+        seqlen=options["seqlen"],
+        ppl_tokens=options["ppl_tokens"],
+        tasks=options["tasks"],
+        limit=options["limit"],
+        eval_batch_size=int(batch) if batch and batch.isdigit() else batch,
+        hellaswag=options["hellaswag"],
+        device=options["device"],
+        dtype=options["dtype"],
+        force=options["force"],
+        save_model=options["save_model"],
+        overrides=_parse_sets(options["sets"]),
+        data_dir=options["data_dir"],
+        target_pattern=options["target_pattern"],
+        include_dense=not options["no_dense"],
+    )
+    records = run_sweep(settings)
+    click.echo(summary_table(records))
+
+
+def summary_table(records: list[dict]) -> str:
+    """Plain table of the sweep's cells: realized sparsity, perplexity and average accuracy."""
+    lines = [f"{'model':<16} {'method':<10} {'sparsity':>8} {'seed':>4} {'realized':>8} {'wikitext2_ppl':>13} {'avg_acc':>8}"]
+    for r in records:
+        m = r["metrics"]
+        acc = f"{100 * m['avg_acc']:.2f}" if "avg_acc" in m else "-"
+        lines.append(
+            f"{r['model']:<16} {r['method']:<10} {r['sparsity_label']:>8} {r['seed']:>4} "
+            f"{r['realized_sparsity']:>8.4f} {m.get('wikitext2_ppl', float('nan')):>13.2f} {acc:>8}"
+        )
+    return "\n".join(lines)
+
+
+@cli.command(name="list")
+def list_command() -> None:
+    """Print the registered methods, bundled models and task suites."""
+    from harness.evaluation.zeroshot import SUITES
+    from harness.registry import PRUNERS
+
+    click.echo("methods:")
+    for name in PRUNERS.names():
+        summary = (PRUNERS.get(name).__doc__ or "").strip().splitlines()
+        click.echo(f"  {name:<12} {summary[0] if summary else ''}")
+    click.echo("models:")
+    for alias, bundle in BUNDLED.items():
+        default = " (default)" if alias == DEFAULT_MODEL else ""
+        click.echo(f"  {alias:<12} {bundle.description}{default}")
+    click.echo("  (or a local folder / hub id)")
+    click.echo("task suites:")
+    for suite, tasks in SUITES.items():
+        click.echo(f"  {suite:<12} {', '.join(tasks)}")
+
+
+def main() -> None:
+    """Entry point: bad input exits 2 with one line on stderr, Ctrl-C exits 130 keeping records."""
+    try:
+        cli.main(standalone_mode=False)
+    except HarnessError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("interrupted: finished cells are saved; re-run the same command to complete the rest", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished cells are saved; re-run the same command to complete the rest", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""WikiText-2 perplexity, the SparseGPT/Wanda protocol: tokenize the joined test text once, cut
+non-overlapping windows of `seqlen`, average the token-level NLL (exp of the mean)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.data import wikitext2_text
+
+
+@torch.no_grad()
+def window_perplexity(
+    model: nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 4,
+    progress: bool = False,
+    desc: str = "perplexity",
+) -> float:
+    """exp(mean token NLL) of a causal LM over rows of token ids [n, seqlen]."""
+    device = next(model.parameters()).device
+    total_nll = 0.0
+    total_tokens = 0
+    batches = range(0, windows.shape[0], batch_size)
+    for start in tqdm(batches, desc=desc, disable=not progress, leave=False):
+        batch = windows[start : start + batch_size].to(device)
+        logits = model(input_ids=batch).logits.float()
+        nll = nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
+        total_nll += float(nll)
+        total_tokens += batch[:, 1:].numel()
+    return math.exp(total_nll / total_tokens)
+
+
+def wikitext2_windows(
+    tokenizer, seqlen: int, max_tokens: int | None = None, bos_per_window: bool = False, data_dir: Path | None = None
+) -> torch.Tensor:
+    """Token windows [n, seqlen] of the WikiText-2 test text, optionally limited to `max_tokens`."""
+    ids = tokenizer(wikitext2_text(data_dir), return_tensors="pt", add_special_tokens=False).input_ids[0]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    step = seqlen - 1 if bos_per_window else seqlen
+    n = ids.numel() // step
+    windows = ids[: n * step].view(n, step)
+    if bos_per_window:
+        bos = torch.full((n, 1), tokenizer.bos_token_id, dtype=windows.dtype)
+        windows = torch.cat([bos, windows], dim=1)
+    return windows

@@ -1,0 +1,170 @@
+"""Local evaluation files (see `shared/data/README*.md`) converted to the Hugging Face schema that
+lm-eval's official task configs expect, keyed by the official split name.
+
+Only the layout is converted (field names, label encodings, files split by subject); the text is
+passed through untouched, so lm-eval's own `doc_to_text`/`doc_to_choice`/`process_docs` render the
+prompts. Records stay in file order, which is the HF row order."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from harness.data import data_file, read_jsonl_gz
+from harness.errors import HarnessError
+
+Records = list[dict]
+Splits = dict[str, Records]
+
+HELLASWAG_VARIANTS = {"exact": "exact-1000", "normalized": "normalized-10042"}
+"""`exact`: the 1000 OLMES items carrying lm-eval's exact strings; `normalized`: all 10042 items,
+text normalized by klosax (close to, not identical with, lm-eval's prompts)."""
+
+_LETTERS = "ABCDE"
+
+
+def _jsonl(path: Path) -> Records:
+    with path.open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def piqa(data_dir: Path) -> Splits:
+    """Goals/solutions and labels live in two files; line i of each is HF row i."""
+    rows = _jsonl(data_file(data_dir, "piqa/valid.jsonl"))
+    labels = data_file(data_dir, "piqa/valid-labels.lst").read_text(encoding="utf-8").split()
+    records = [
+        {"goal": row["goal"], "sol1": row["sol1"], "sol2": row["sol2"], "label": int(label)}
+        for row, label in zip(rows, labels, strict=True)
+    ]
+    return {"validation": records}
+
+
+def arc_easy(data_dir: Path) -> Splits:
+    """The file has choice texts and the gold index but not the letters; letters A.. in order
+    reproduce `choices.label.index(answerKey) == gold`, all that lm-eval reads of them."""
+    records = []
+    for row in _jsonl(data_file(data_dir, "arc_easy/arc_easy_test.jsonl")):
+        labels = list(_LETTERS[: len(row["choices"])])
+        records.append(
+            {
+                "id": row["id"],
+                "question": row["question"],
+                "choices": {"text": row["choices"], "label": labels},
+                "answerKey": labels[row["gold"]],
+            }
+        )
+    return {"test": records}
+
+
+def arc_challenge(data_dir: Path) -> Splits:
+    """Original ARC schema: the stem and choices are nested under `question`."""
+    records = []
+    for row in _jsonl(data_file(data_dir, "arc_challenge/ARC-Challenge-Test.jsonl")):
+        choices = row["question"]["choices"]
+        records.append(
+            {
+                "id": row["id"],
+                "question": row["question"]["stem"],
+                "choices": {"text": [c["text"] for c in choices], "label": [c["label"] for c in choices]},
+                "answerKey": row["answerKey"],
+            }
+        )
+    return {"test": records}
+
+
+def winogrande(data_dir: Path) -> Splits:
+    return {"validation": _jsonl(data_file(data_dir, "winogrande/winogrande_xl_validation.jsonl"))}
+
+
+def openbookqa(data_dir: Path) -> Splits:
+    return {"test": _jsonl(data_file(data_dir, "openbookqa/test.jsonl"))}
+
+
+def boolq(data_dir: Path) -> Splits:
+    return {"validation": read_jsonl_gz(data_file(data_dir, "boolq/super_glue_boolq_validation.jsonl.gz"))}
+
+
+def rte(data_dir: Path) -> Splits:
+    """lm-eval's `rte` is GLUE RTE; the parquet is HF's own `glue/rte` validation file."""
+    import pyarrow.parquet as pq
+
+    return {"validation": pq.read_table(data_file(data_dir, "rte/validation.parquet")).to_pylist()}
+
+
+def hellaswag_exact(data_dir: Path) -> Splits:
+    """The OLMES rows hold lm-eval's rendered `query`; split at the first ": " into
+    `activity_label`/`ctx_a` (with an empty `ctx_b`), lm-eval's `process_docs` rebuilds it exactly."""
+    records = []
+    for row in read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_olmes_subset1000.jsonl.gz")):
+        activity_label, ctx = row["query"].split(": ", 1)
+        records.append(_hellaswag_record(row["ind"], activity_label, ctx, row["choices"], row["gold"]))
+    return {"validation": records}
+
+
+def hellaswag_normalized(data_dir: Path) -> Splits:
+    """All 10042 items; `ctx` is already `ctx_a + " " + ctx_b` (not re-capitalized, see README §3)."""
+    rows = read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_klosax.jsonl.gz"))
+    records = [
+        _hellaswag_record(row["val_idx"], row["activity_label"], row["ctx"], row["endings"], row["label"])
+        for row in rows
+    ]
+    return {"validation": records}
+
+
+def _hellaswag_record(ind: int, activity_label: str, ctx: str, endings: list[str], label: int) -> dict:
+    # HF stores the label as a string; lm-eval's `doc_to_target: "{{label}}"` parses it back.
+    return {
+        "ind": ind,
+        "activity_label": activity_label,
+        "ctx_a": ctx,
+        "ctx_b": "",
+        "ctx": ctx,
+        "endings": endings,
+        "label": str(label),
+    }
+
+
+def mmlu(data_dir: Path, subject: str) -> Splits:
+    """Headerless per-subject CSVs (question, A, B, C, D, answer letter); `dev` feeds lm-eval's
+    few-shot sampler, which it builds even for zero-shot runs."""
+    return {
+        split: _mmlu_csv(data_file(data_dir, f"mmlu/{folder}/{subject}_{folder}.csv"), subject)
+        for split, folder in (("test", "test"), ("dev", "dev"))
+    }
+
+
+def _mmlu_csv(path: Path, subject: str) -> Records:
+    with path.open(encoding="utf-8", newline="") as handle:
+        return [
+            {"question": row[0], "subject": subject, "choices": row[1:5], "answer": "ABCD".index(row[5])}
+            for row in csv.reader(handle)
+        ]
+
+
+_READERS: dict[str, Callable[[Path], Splits]] = {
+    "piqa": piqa,
+    "arc_easy": arc_easy,
+    "arc_challenge": arc_challenge,
+    "winogrande": winogrande,
+    "openbookqa": openbookqa,
+    "boolq": boolq,
+    "rte": rte,
+}
+LOCAL_TASKS = (*_READERS, "hellaswag", "mmlu")
+"""lm-eval task (or group, for mmlu) names that have local data."""
+
+
+def hf_splits(task: str, dataset_name: str | None, data_dir: Path, hellaswag: str = "exact") -> Splits:
+    """HF-schema records of one lm-eval task, per split. `dataset_name` is the config's HF subset
+    (the subject for `mmlu_<subject>` tasks)."""
+    if task.startswith("mmlu_") and dataset_name:
+        return mmlu(data_dir, dataset_name)
+    if task == "hellaswag":
+        if hellaswag not in HELLASWAG_VARIANTS:
+            raise HarnessError(f"unknown hellaswag variant {hellaswag!r}; use one of: {', '.join(HELLASWAG_VARIANTS)}")
+        return hellaswag_exact(data_dir) if hellaswag == "exact" else hellaswag_normalized(data_dir)
+    if task not in _READERS:
+        raise HarnessError(f"no local data for lm-eval task {task!r}; available: {', '.join(LOCAL_TASKS)}")
+    return _READERS[task](data_dir)

