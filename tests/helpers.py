@@ -1,0 +1,30 @@
+"""Test helpers: a tiny model folder (random weights + a small trained tokenizer) that the real
+loading path accepts as a local model spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import tiny_llama
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Pruning removes weights from a neural network while keeping its accuracy.",
+    "Robert Boulter is an English film, television and theatre actor.",
+]
+
+
+def tiny_model_folder(root: Path, seed: int = 0) -> Path:
+    """Save a tiny random Llama with a byte-level BPE tokenizer to `root` and return it."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(CORPUS, vocab_size=256 + 40, min_frequency=1, special_tokens=["<eos>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<eos>")
+    model = tiny_llama(seed)
+    model.resize_token_embeddings(len(tokenizer))
+    model.config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return root
