@@ -114,8 +114,11 @@ def list_command() -> None:
 
     click.echo("methods:")
     for name in PRUNERS.names():
-        summary = (PRUNERS.get(name).__doc__ or "").strip().splitlines()
-        click.echo(f"  {name:<12} {summary[0] if summary else ''}")
+        try:
+            summary = (PRUNERS.get(name).__doc__ or "").strip().splitlines()[:1]
+        except Exception as error:  # a broken plugin must not hide the others
+            summary = [f"(cannot load: {error.__class__.__name__}: {error})"]
+        click.echo(f"  {name:<12} {''.join(summary)}")
     click.echo("models:")
     for alias, bundle in BUNDLED.items():
         default = " (default)" if alias == DEFAULT_MODEL else ""

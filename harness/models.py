@@ -105,7 +105,9 @@ def _converted_bundle(bundle: BundledModel) -> Path:
 def load_model(spec: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
     """(model, tokenizer) in eval mode on `device`; the tokenizer has a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     folder = model_folder(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from harness.config import build_config, stable_hash
-from harness.data import c4_windows
+from harness.data import C4_FILE, WIKITEXT2_FILE, c4_windows, data_file
 from harness.device import resolve_device, resolve_dtype
 from harness.errors import HarnessError
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
@@ -26,7 +26,7 @@ from harness.provenance import git_commit, package_versions
 from harness.pruner import PruneContext
 from harness.registry import get_pruner
 from harness.sparsity import Sparsity
-from harness.store import SCHEMA_VERSION, record_path, write_record
+from harness.store import SCHEMA_VERSION, read_record, record_path, slug, write_record
 
 DENSE = "dense"
 
@@ -239,8 +239,15 @@ def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any
     return metrics, per_item, info
 
 
+def _check_data(settings: RunSettings, cells: list[Cell]) -> None:
+    """Fail before any model loads when a data file the sweep needs is missing."""
+    data_file(settings.data_dir, WIKITEXT2_FILE)
+    if any(c.method != DENSE and get_pruner(c.method).needs_calibration for c in cells):
+        data_file(settings.data_dir, C4_FILE)
+
+
 def _save_model(model, tokenizer, root: Path, cell: Cell) -> None:
-    target = Path(root) / cell.model / cell.method / f"{cell.sparsity.replace(':', 'of')}_seed{cell.seed}"
+    target = Path(root) / slug(cell.model) / cell.method / f"{cell.sparsity.replace(':', 'of')}_seed{cell.seed}"
     model.save_pretrained(target)
     tokenizer.save_pretrained(target)
 
@@ -249,10 +256,9 @@ def run_sweep(
     settings: RunSettings, cells: list[Cell] | None = None, log: Callable[[str], None] = print
 ) -> list[dict[str, Any]]:
     """Run every unfinished cell in order; return the records of all cells (old and new)."""
-    from harness.store import read_record
-
     settings = settings.resolved()
     cells = plan_cells(settings) if cells is None else cells
+    _check_data(settings, cells)
     records: list[dict[str, Any]] = []
     for index, cell in enumerate(cells, 1):
         path = cell_path(cell, settings)

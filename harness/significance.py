@@ -4,9 +4,10 @@ Both methods answer the same questions, so the per-item differences carry the co
 resampling items asks whether a delta would survive another draw of questions from the task.
 
 - Per task: the shared items (same task, same key) are resampled with replacement
-  `RESAMPLES` times from a fixed seed. The two-sided p-value is the share of resampled mean
-  differences that, shifted to mean zero (the null hypothesis), lie at least as far from zero
-  as the observed delta, with the usual +1 correction: (k + 1) / (RESAMPLES + 1).
+  `RESAMPLES` times from a fixed seed. The two-sided p-value inverts the percentile interval:
+  twice the smaller share of resampled deltas on either side of zero (zero counts on both
+  sides), with a +1 correction, capped at 1. So p < 0.05 exactly when the 95% interval shown
+  next to it excludes zero, and a delta of zero has p = 1.
 - Average: items are resampled within each task and the task means averaged, so every task
   weighs the same, as in the suite average.
 - Several seeds: a method's score on an item is its mean correctness over the seeds that
@@ -63,8 +64,7 @@ def item_scores(per_item_results: Iterable[Mapping[str, Mapping[str, float]]]) -
                 task_sums[key] = task_sums.get(key, 0.0) + float(value)
                 task_counts[key] = task_counts.get(key, 0) + 1
     return {
-        task: {key: total / counts[task][key] for key, total in task_sums.items()}
-        for task, task_sums in sums.items()
+        task: {key: total / counts[task][key] for key, total in task_sums.items()} for task, task_sums in sums.items()
     }
 
 
@@ -101,6 +101,7 @@ def _resampled_means(diffs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _result(observed: float, boot: np.ndarray, n_items: int) -> BootstrapResult:
-    extreme = np.count_nonzero(np.abs(boot - observed) >= abs(observed) - 1e-12)
+    tail = min(np.count_nonzero(boot <= 0), np.count_nonzero(boot >= 0))
+    p_value = min(1.0, 2 * (tail + 1) / (RESAMPLES + 1))
     low, high = np.percentile(boot, [2.5, 97.5])
-    return BootstrapResult(observed, (extreme + 1) / (RESAMPLES + 1), float(low), float(high), n_items)
+    return BootstrapResult(observed, p_value, float(low), float(high), n_items)

@@ -14,14 +14,14 @@ from harness.errors import HarnessError
 SCHEMA_VERSION = 1
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
 def record_path(out_dir: Path, model: str, method: str, sparsity_label: str, seed: int, config_hash: str) -> Path:
     """results/<model>/<method>/sparsity-<label>_seed<seed>_<hash>.json: one file per cell."""
     name = f"sparsity-{sparsity_label.replace(':', 'of')}_seed{seed}_{config_hash}.json"
-    return Path(out_dir) / _slug(model) / _slug(method) / name
+    return Path(out_dir) / slug(model) / slug(method) / name
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.data import data_file, read_jsonl_gz
@@ -94,36 +95,33 @@ def rte(data_dir: Path) -> Splits:
 
 
 def hellaswag_exact(data_dir: Path) -> Splits:
-    """The OLMES rows hold lm-eval's rendered `query`; split at the first ": " into
-    `activity_label`/`ctx_a` (with an empty `ctx_b`), lm-eval's `process_docs` rebuilds it exactly."""
-    records = []
-    for row in read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_olmes_subset1000.jsonl.gz")):
-        activity_label, ctx = row["query"].split(": ", 1)
-        records.append(_hellaswag_record(row["ind"], activity_label, ctx, row["choices"], row["gold"]))
-    return {"validation": records}
-
-
-def hellaswag_normalized(data_dir: Path) -> Splits:
-    """All 10042 items; `ctx` is already `ctx_a + " " + ctx_b` (not re-capitalized, see README §3)."""
-    rows = read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_klosax.jsonl.gz"))
+    """The OLMES rows are lm-eval's `process_docs` output already (`query`, `choices`, `gold`; the
+    raw `ctx_a`/`ctx_b` split is not recoverable), so they are served as processed docs: `label`
+    is the HF string label that the official `doc_to_target: "{{label}}"` reads."""
+    rows = read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_olmes_subset1000.jsonl.gz"))
     records = [
-        _hellaswag_record(row["val_idx"], row["activity_label"], row["ctx"], row["endings"], row["label"])
+        {"ind": row["ind"], "query": row["query"], "choices": row["choices"], "gold": row["gold"], "label": str(row["gold"])}
         for row in rows
     ]
     return {"validation": records}
 
 
-def _hellaswag_record(ind: int, activity_label: str, ctx: str, endings: list[str], label: int) -> dict:
-    # HF stores the label as a string; lm-eval's `doc_to_target: "{{label}}"` parses it back.
-    return {
-        "ind": ind,
-        "activity_label": activity_label,
-        "ctx_a": ctx,
-        "ctx_b": "",
-        "ctx": ctx,
-        "endings": endings,
-        "label": str(label),
-    }
+def hellaswag_normalized(data_dir: Path) -> Splits:
+    """All 10042 items in the HF schema; `ctx` is klosax's normalized `ctx_a + " " + ctx_b` (the
+    split is lost, so it all goes to `ctx_a`), label as HF's string. See README section 3."""
+    records = [
+        {
+            "ind": row["val_idx"],
+            "activity_label": row["activity_label"],
+            "ctx_a": row["ctx"],
+            "ctx_b": "",
+            "ctx": row["ctx"],
+            "endings": row["endings"],
+            "label": str(row["label"]),
+        }
+        for row in read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_klosax.jsonl.gz"))
+    ]
+    return {"validation": records}
 
 
 def mmlu(data_dir: Path, subject: str) -> Splits:
@@ -156,15 +154,26 @@ LOCAL_TASKS = (*_READERS, "hellaswag", "mmlu")
 """lm-eval task (or group, for mmlu) names that have local data."""
 
 
-def hf_splits(task: str, dataset_name: str | None, data_dir: Path, hellaswag: str = "exact") -> Splits:
-    """HF-schema records of one lm-eval task, per split. `dataset_name` is the config's HF subset
-    (the subject for `mmlu_<subject>` tasks)."""
+@dataclass(frozen=True)
+class LocalData:
+    """Records per official split; `processed` marks records that are already the output of the
+    task's `process_docs` (lm-eval must not process them again)."""
+
+    splits: Splits
+    processed: bool = False
+
+
+def local_data(task: str, dataset_name: str | None, data_dir: Path, hellaswag: str = "exact") -> LocalData:
+    """Local records of one lm-eval task. `dataset_name` is the config's HF subset (the subject
+    for `mmlu_<subject>` tasks)."""
     if task.startswith("mmlu_") and dataset_name:
-        return mmlu(data_dir, dataset_name)
+        return LocalData(mmlu(data_dir, dataset_name))
     if task == "hellaswag":
         if hellaswag not in HELLASWAG_VARIANTS:
             raise HarnessError(f"unknown hellaswag variant {hellaswag!r}; use one of: {', '.join(HELLASWAG_VARIANTS)}")
-        return hellaswag_exact(data_dir) if hellaswag == "exact" else hellaswag_normalized(data_dir)
+        if hellaswag == "exact":
+            return LocalData(hellaswag_exact(data_dir), processed=True)
+        return LocalData(hellaswag_normalized(data_dir))
     if task not in _READERS:
         raise HarnessError(f"no local data for lm-eval task {task!r}; available: {', '.join(LOCAL_TASKS)}")
-    return _READERS[task](data_dir)
+    return LocalData(_READERS[task](data_dir))

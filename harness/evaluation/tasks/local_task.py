@@ -1,5 +1,5 @@
 """Build lm-eval Task/Group objects from the official YAML configs with one override: the data
-comes from local files (`local_data.hf_splits`) instead of `datasets.load_dataset` on the hub.
+comes from local files (`local_data.local_data`) instead of `datasets.load_dataset` on the hub.
 
 Everything that shapes a prompt (doc_to_text/choice/target, process_docs, target delimiter,
 metrics, group aggregation) is the installed lm-eval package's own."""
@@ -17,7 +17,7 @@ from lm_eval.api.task import ConfigurableTask, Task
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._factory import TaskFactory
 
-from harness.evaluation.tasks.local_data import hf_splits
+from harness.evaluation.tasks.local_data import local_data
 
 TASK_DIRS = {
     "mmlu": "mmlu/default",
@@ -37,21 +37,24 @@ LM_EVAL_TASKS_DIR = Path(lm_eval.tasks.__file__).parent
 
 class LocalDataTask(ConfigurableTask):
     """An official ConfigurableTask whose `download` reads local files. `dataset_kwargs` carries
-    `local_data_dir` and `hellaswag` (the variant); splits with no local copy (train, and the
-    validation split of tasks scored on test) are switched off so lm-eval never asks for them."""
+    `local_data_dir` and `hellaswag` (the variant). Splits with no local copy (train, and the
+    validation split of tasks scored on test) are switched off so lm-eval never asks for them, and
+    `process_docs` is skipped for records that are its output already (HellaSwag "exact")."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config={key: value for key, value in config.items() if key != "class"})
 
     def download(self, dataset_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         options = dataset_kwargs or {}
-        splits = hf_splits(
+        data = local_data(
             self.config.task, self.config.dataset_name, Path(options["local_data_dir"]), options["hellaswag"]
         )
-        self.dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in splits.items()})
+        self.dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in data.splits.items()})
         for attribute in ("training_split", "validation_split", "test_split"):
             if getattr(self.config, attribute) not in self.dataset:
                 setattr(self.config, attribute, None)
+        if data.processed:
+            self.config.process_docs = None
 
 
 @cache

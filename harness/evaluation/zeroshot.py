@@ -1,0 +1,162 @@
+"""Zero-shot accuracy of an in-memory (pruned) model through lm-eval's Python API, offline.
+
+The model is wrapped in `HFLM(pretrained=model, tokenizer=...)` and scored by `simple_evaluate`,
+so no checkpoint is written between pruning and evaluation. Prompts, metrics and the MMLU group
+average are the installed lm-eval's own; only the data source is replaced by local files
+(`harness.evaluation.tasks`). `limit` keeps the first N records of each task (of each MMLU
+subject) in file order, so every method is scored on the same items."""
+
+from __future__ import annotations
+
+import os
+
+# Before lm_eval/datasets are imported: nothing may reach the network during evaluation.
+for _variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_variable] = "1"
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import huggingface_hub.constants
+import lm_eval
+from lm_eval.api.group import Group
+from lm_eval.models.huggingface import HFLM
+
+from harness.errors import HarnessError
+from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS, LOCAL_TASKS
+from harness.evaluation.tasks.local_task import build_task, task_manager
+
+# Libraries imported before this module read the variables already; switch them off too.
+huggingface_hub.constants.HF_HUB_OFFLINE = True
+datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+
+SUITES: dict[str, list[str]] = {
+    "leap6": ["mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"],
+    "wanda7": ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"],
+}
+DEFAULT_SUITE = "leap6"
+DEFAULT_BATCH_SIZE = 16
+"""Measured with benchmarks/eval_throughput.py on the 2-core CPU (SmolLM2-135M, float32): 16 is
+about 2x batch 1 and on par with 32; "auto" probes 64 sequences of the longest request and can
+exhaust host memory on CPU, where no OOM exception stops it."""
+
+PRIMARY_METRIC = "acc"
+_METRICS = ("acc", "acc_norm")
+
+
+def resolve_tasks(spec: str | list[str] | None) -> list[str]:
+    """'leap6' | 'wanda7' | 'piqa,arc_easy' | mixtures -> ordered, de-duplicated lm-eval task names.
+    None, '' or 'none' -> [] (skip zero-shot). Unknown names raise one HarnessError line."""
+    if spec is None:
+        return []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    names: list[str] = []
+    for part in (p.strip().lower() for p in parts):
+        if part in ("", "none"):
+            continue
+        if part in SUITES:
+            names.extend(SUITES[part])
+        elif part in LOCAL_TASKS:
+            names.append(part)
+        else:
+            valid = ", ".join([*SUITES, *LOCAL_TASKS])
+            raise HarnessError(f"unknown zero-shot task {part!r}; valid: {valid}, or 'none'")
+    return list(dict.fromkeys(names))
+
+
+@dataclass
+class ZeroShotResult:
+    """Flat metrics for the result record, per-item correctness for paired comparisons, run info."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    n_items: dict[str, int] = field(default_factory=dict)
+    per_item: dict[str, dict[str, int]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _InMemoryHFLM(HFLM):
+    """HFLM whose progress bar follows the caller's `progress` flag (simple_evaluate has none)."""
+
+    def __init__(self, *args: Any, progress: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
+
+def evaluate_zeroshot(
+    model: Any,
+    tokenizer: Any,
+    tasks: list[str],
+    *,
+    data_dir: Path,
+    limit: int | None = None,
+    batch_size: int | str = DEFAULT_BATCH_SIZE,
+    hellaswag: str = "exact",
+    progress: bool = True,
+) -> ZeroShotResult:
+    """Evaluate an in-memory HF causal LM with lm-eval's official task configs on local data, offline."""
+    names = resolve_tasks(tasks)
+    if not names:
+        return ZeroShotResult()
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HarnessError(f"zero-shot limit must be a positive integer or None, got {limit!r}")
+
+    if not progress:
+        datasets.disable_progress_bars()
+    try:
+        built = {name: build_task(name, Path(data_dir), hellaswag) for name in names}
+        lm = _InMemoryHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
+        start = time.perf_counter()
+        # Seeds None: scoring is deterministic, and the caller's global RNG streams stay untouched.
+        output = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(built.values()),
+            limit=limit,
+            task_manager=task_manager(),
+            log_samples=True,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+    finally:
+        if not progress:
+            datasets.enable_progress_bars()
+    seconds = time.perf_counter() - start
+
+    result = ZeroShotResult()
+    for name, obj in built.items():
+        scores = output["results"][name]
+        for metric in _METRICS:
+            if f"{metric},none" in scores:
+                result.metrics[f"{name}_{metric}"] = float(scores[f"{metric},none"])
+                result.metrics[f"{name}_{metric}_stderr"] = float(scores[f"{metric}_stderr,none"])
+        leaves = [task.task_name for task in obj.get_all_tasks()] if isinstance(obj, Group) else [name]
+        result.n_items[name] = sum(output["n-samples"][leaf]["effective"] for leaf in leaves)
+        result.per_item[name] = {
+            (f"{leaf}/{sample['doc_id']}" if isinstance(obj, Group) else str(sample["doc_id"])): int(
+                sample[PRIMARY_METRIC]
+            )
+            for leaf in leaves
+            for sample in output["samples"][leaf]
+        }
+    result.metrics["avg_acc"] = sum(result.metrics[f"{name}_{PRIMARY_METRIC}"] for name in names) / len(names)
+    result.info = {
+        "lm_eval_version": lm_eval.__version__,
+        "tasks": names,
+        "limit": limit,
+        "num_fewshot": max(output["n-shot"].values()),
+        "batch_size": batch_size,
+        "hellaswag": HELLASWAG_VARIANTS[hellaswag] if "hellaswag" in names else None,
+        "mmlu_aggregate": "lm-eval group mean weighted by subject size" if "mmlu" in names else None,
+        "primary_metric": PRIMARY_METRIC,
+        "task_versions": {name: output["versions"].get(name) for name in names},
+        "dtype": str(getattr(model, "dtype", "")).removeprefix("torch."),
+        "device": str(lm.device),
+        "seconds": round(seconds, 1),
+    }
+    return result

@@ -1,0 +1,256 @@
+"""`harness report`: read every record under a results folder, write its tables as Markdown
+and LaTeX, its plots, and a README index, so a sweep's outcome reads like the paper's tables.
+
+What the tables say lives in `harness.report_tables`; this module reads records and writes
+files. Both formats render the same `Table`, so they cannot disagree on a number or a mark.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from harness.errors import HarnessError
+from harness.plots import write_plots
+from harness.report_tables import (
+    AVG,
+    Cell,
+    Results,
+    Table,
+    cost_table,
+    deltas_table,
+    main_table,
+    per_task_table,
+    significance_table,
+    stderr_table,
+)
+
+REQUIRED_FIELDS = ("model", "method", "sparsity", "metrics")
+SUFFIXES = {"md": ".md", "latex": ".tex"}
+DESCRIPTIONS = {
+    "main": "Main table: task accuracies, average, perplexity, Δ vs baseline and dense",
+    "deltas": "Target vs baseline per model × sparsity, and the mean delta",
+    "per_task": "Per-task accuracy and normalised accuracy",
+    "stderr": "Standard errors of the task accuracies",
+    "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
+    "significance": "Paired bootstrap per task and on the average, vs the baseline",
+    "avg_acc_vs_sparsity": "Average accuracy vs sparsity, per model",
+    "ppl_vs_sparsity": "WikiText-2 perplexity vs sparsity (log scale), per model",
+    "leap_training": "LEAP training curves",
+}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "±": r"$\pm$",
+    "–": "--",
+    "−": "$-$",
+    "Δ": r"$\Delta$",
+    "†": r"$^\dagger$",
+    "≥": r"$\geq$",
+    "×": r"$\times$",
+}
+
+
+@dataclass
+class ReportOutput:
+    files: list[pathlib.Path]  # everything written
+    main_markdown: str  # the main table as Markdown, for printing to the terminal
+    warnings: list[str]  # e.g. skipped unreadable records
+
+
+def load_records(results_dir: pathlib.Path) -> tuple[list[dict], list[str]]:
+    """Every readable record under `results_dir`, and a warning naming each file left out.
+
+    A file is left out when it is not a JSON record, or when a later record (by `created`)
+    holds the same model, method, sparsity and seed: a rerun supersedes, it is not a new seed.
+    """
+    kept: dict[tuple, tuple[pathlib.PurePath, dict]] = {}
+    warnings: list[str] = []
+    for path in sorted(results_dir.rglob("*.json")):
+        name = path.relative_to(results_dir)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            warnings.append(f"skipped {name}: not readable JSON ({error})")
+            continue
+        problem = _record_problem(record)
+        if problem:
+            warnings.append(f"skipped {name}: {problem}")
+            continue
+        key = (record["model"], record["method"], record.get("sparsity_label", record["sparsity"]), record.get("seed"))
+        if key in kept:
+            older, newer = sorted([kept[key], (name, record)], key=lambda item: str(item[1].get("created", "")))
+            warnings.append(f"skipped {older[0]}: superseded by {newer[0]} (same model, method, sparsity and seed)")
+            kept[key] = newer
+        else:
+            kept[key] = (name, record)
+    return [record for _, record in kept.values()], warnings
+
+
+def _record_problem(record: object) -> str | None:
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if not isinstance(record["metrics"], dict):
+        return "metrics is not an object"
+    if not isinstance(record["sparsity"], (int, float)):
+        return "sparsity is not a number"
+    return None
+
+
+def write_report(
+    results_dir: pathlib.Path,
+    out_dir: pathlib.Path,
+    *,
+    baseline: str = "admm",
+    target: str = "leap",
+    formats: Sequence[str] = ("md", "latex"),
+    stderr: bool = False,
+    plots: bool = True,
+) -> ReportOutput:
+    """Write the report of every record under `results_dir` into `out_dir`.
+
+    Raises HarnessError for an unknown format, no readable record, or a baseline without records.
+    """
+    unknown = [name for name in formats if name not in SUFFIXES]
+    if unknown:
+        raise HarnessError(f"unknown report format {unknown[0]!r}; choose from {', '.join(SUFFIXES)}")
+    records, warnings = load_records(results_dir)
+    if not records:
+        raise HarnessError(f"no readable records in {results_dir}/; run `harness run` first")
+    results = Results(records)
+    if baseline not in results.methods:
+        raise HarnessError(
+            f"baseline method {baseline!r} has no records in {results_dir}/; "
+            f"pass --baseline with one of: {', '.join(results.methods)}"
+        )
+    tables = _tables(results, baseline, target, stderr, warnings)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, table in tables.items():
+        for fmt in formats:
+            path = out_dir / f"{name}{SUFFIXES[fmt]}"
+            path.write_text(render_markdown(table) if fmt == "md" else render_latex(table))
+            files.append(path)
+    if plots:
+        files += write_plots(results, out_dir)
+    main_markdown = render_markdown(tables["main"])
+    readme = out_dir / "README.md"
+    readme.write_text(_index(results_dir, len(records), baseline, target, files, warnings, main_markdown))
+    return ReportOutput([*files, readme], main_markdown, warnings)
+
+
+def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings: list[str]) -> dict[str, Table]:
+    """The report's tables by file name; a summary that cannot be made becomes a warning."""
+    tables = {"main": main_table(results, baseline)}
+    if not results.groups:
+        warnings.append("no pruned records yet: the tables have no rows")
+    if target not in results.methods:
+        warnings.append(f"target method {target!r} has no records; deltas summary skipped")
+    elif target == baseline:
+        warnings.append(f"target and baseline are both {target!r}; deltas summary skipped")
+    elif not results.has(AVG):
+        warnings.append("no record has an average accuracy; deltas summary skipped")
+    else:
+        tables["deltas"] = deltas_table(results, target, baseline)
+    if results.tasks:
+        tables["per_task"] = per_task_table(results)
+        if stderr:
+            tables["stderr"] = stderr_table(results)
+    elif stderr:
+        warnings.append("no record has task accuracies; stderr table skipped")
+    tables["cost"] = cost_table(results)
+    tables["significance"] = significance_table(results, baseline)
+    return tables
+
+
+def render_markdown(table: Table) -> str:
+    """GitHub-flavoured Markdown: a heading, the table, then its notes as a list."""
+
+    def row(cells: Iterable[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    def cell(entry: Cell) -> str:
+        text = entry.text.replace("|", r"\|")
+        return (f"**{text}**" if entry.bold and text else text) + entry.mark
+
+    values = len(table.headers) - table.n_labels
+    lines = [
+        f"### {table.title}",
+        "",
+        row(header.replace("|", r"\|") for header in table.headers),
+        row([":--"] * table.n_labels + ["--:"] * values),
+        *(row(map(cell, cells)) for cells in table.rows),
+    ]
+    if table.notes:
+        lines += ["", *(f"- {note}" for note in table.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def latex_escape(text: str) -> str:
+    """Text safe for LaTeX (pdflatex, default encoding): specials escaped, symbols as math."""
+    return "".join(_LATEX_ESCAPES.get(char, char) for char in text)
+
+
+def render_latex(table: Table) -> str:
+    """A booktabs `tabular` with a rule between groups; notes follow as footnote-size lines."""
+
+    def row(cells: Iterable[str]) -> str:
+        return " & ".join(cells) + r" \\"
+
+    def cell(entry: Cell) -> str:
+        text = latex_escape(entry.text)
+        return (rf"\textbf{{{text}}}" if entry.bold and text else text) + latex_escape(entry.mark)
+
+    spec = "l" * table.n_labels + "r" * (len(table.headers) - table.n_labels)
+    lines = [f"% {table.title}", rf"\begin{{tabular}}{{{spec}}}", r"\toprule", row(map(latex_escape, table.headers))]
+    for i, cells in enumerate(table.rows):
+        if i == 0 or i in table.group_starts:
+            lines.append(r"\midrule")
+        lines.append(row(map(cell, cells)))
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines += ["", r"\smallskip", *(rf"{{\footnotesize {latex_escape(note)}\par}}" for note in table.notes)]
+    return "\n".join(lines) + "\n"
+
+
+def _index(
+    results_dir: pathlib.Path,
+    n_records: int,
+    baseline: str,
+    target: str,
+    files: list[pathlib.Path],
+    warnings: list[str],
+    main_markdown: str,
+) -> str:
+    """README.md of the report folder: what was read, which file holds what, the main table."""
+    by_stem: dict[str, list[str]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(f"[{path.suffix[1:]}]({path.name})")
+    lines = [
+        "# Pruning report",
+        "",
+        f"{n_records} records from `{results_dir}`; baseline: **{baseline}**; target: **{target}**.",
+        "",
+        "| Contents | Files |",
+        "| :-- | :-- |",
+        *(f"| {DESCRIPTIONS[stem]} | {', '.join(links)} |" for stem, links in by_stem.items()),
+    ]
+    if warnings:
+        lines += ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]
+    return "\n".join([*lines, "", main_markdown.replace("### ", "## ", 1)])

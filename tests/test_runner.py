@@ -1,0 +1,187 @@
+"""Runner and CLI on a tiny local model folder: records, resume, interruption, bad input."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from harness.cli import main
+from harness.runner import RunSettings, cell_path, plan_cells, run_sweep
+from harness.store import read_record
+from tests.helpers import tiny_model_folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(tiny_model_folder(tmp_path_factory.mktemp("tiny")))
+
+
+def _settings(model_dir, out, **changes) -> RunSettings:
+    base = dict(
+        models=[model_dir],
+        methods=["magnitude"],
+        sparsities=["0.5", "0.6"],
+        out=out,
+        nsamples=2,
+        seqlen=32,
+        ppl_tokens=512,
+        tasks="none",
+        device="cpu",
+        dtype="float32",
+        progress=False,
+    )
+    base.update(changes)
+    return RunSettings(**base)
+
+
+def test_sweep_writes_one_record_per_cell(model_dir, tmp_path, data_dir):
+    records = run_sweep(_settings(model_dir, tmp_path), log=lambda _: None)
+    assert [(r["method"], r["sparsity_label"]) for r in records] == [("dense", "0.00"), ("magnitude", "0.50"), ("magnitude", "0.60")]
+    files = sorted(tmp_path.rglob("*.json"))
+    assert len(files) == 3
+    for record in records:
+        assert record["realized_sparsity"] == pytest.approx(record["sparsity"], abs=1e-3)
+        for key in ("model", "method", "sparsity", "seed", "config", "realized_sparsity", "metrics", "timings", "peak_rss_mb", "versions", "git_commit", "config_hash"):
+            assert key in record
+        assert record["metrics"]["wikitext2_ppl"] > 1
+    dense, half, more = (r["metrics"]["wikitext2_ppl"] for r in records)
+    assert dense != half != more
+    assert records[1]["config"] == {"scope": "matrix"}
+    assert set(records[1]["timings"]) >= {"load", "calibrate", "prune", "eval"}
+    assert json.loads(files[0].read_text())["schema"] == 1
+
+
+def test_rerun_skips_finished_cells_and_fills_missing(model_dir, tmp_path, data_dir):
+    settings = _settings(model_dir, tmp_path)
+    first = run_sweep(settings, log=lambda _: None)
+    resolved = settings.resolved()
+    missing = cell_path(plan_cells(resolved)[2], resolved)
+    missing.unlink()
+    kept = cell_path(plan_cells(resolved)[1], resolved)
+    stamp = kept.stat().st_mtime_ns
+    lines: list[str] = []
+    second = run_sweep(settings, log=lines.append)
+    assert sum("skipping" in line for line in lines) == 2
+    assert sum(line.endswith("running") for line in lines) == 1
+    assert kept.stat().st_mtime_ns == stamp
+    assert missing.exists()
+    assert [r["config_hash"] for r in first] == [r["config_hash"] for r in second]
+
+
+def test_changed_settings_make_new_cells(model_dir, tmp_path, data_dir):
+    run_sweep(_settings(model_dir, tmp_path, sparsities=["0.5"]), log=lambda _: None)
+    run_sweep(_settings(model_dir, tmp_path, sparsities=["0.5"], ppl_tokens=256), log=lambda _: None)
+    assert len(list(tmp_path.rglob("*.json"))) == 4
+
+
+def test_interrupted_sweep_loses_only_the_cell_in_progress(model_dir, tmp_path, data_dir, monkeypatch):
+    """Ctrl-C during the second pruned cell: earlier records survive intact, no partial file is
+    left, and a re-run computes only what is missing."""
+    import methods.magnitude as magnitude
+
+    calls = {"n": 0}
+    original = magnitude.MagnitudePruner.prune
+
+    def interrupt_second(self, model, sparsity, ctx):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, model, sparsity, ctx)
+
+    monkeypatch.setattr(magnitude.MagnitudePruner, "prune", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(_settings(model_dir, tmp_path), log=lambda _: None)
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.is_file())
+    assert len(files) == 2 and all(name.endswith(".json") and not name.startswith(".tmp") for name in files)
+    for path in tmp_path.rglob("*.json"):
+        read_record(path)
+    monkeypatch.setattr(magnitude.MagnitudePruner, "prune", original)
+    lines: list[str] = []
+    run_sweep(_settings(model_dir, tmp_path), log=lines.append)
+    assert sum(line.endswith("running") for line in lines) == 1
+    assert len(list(tmp_path.rglob("*.json"))) == 3
+
+
+def test_save_model_round_trip_keeps_sparsity(model_dir, tmp_path, data_dir):
+    from transformers import AutoModelForCausalLM
+
+    from harness.targets import count_zeros, target_linears
+
+    saved = tmp_path / "saved"
+    records = run_sweep(_settings(model_dir, tmp_path / "res", sparsities=["0.6"], save_model=saved, include_dense=False), log=lambda _: None)
+    folders = [p.parent for p in saved.rglob("config.json")]
+    assert len(folders) == 1
+    reloaded = AutoModelForCausalLM.from_pretrained(folders[0], dtype=torch.float32)
+    _, overall = count_zeros(target_linears(reloaded))
+    assert overall == pytest.approx(records[0]["realized_sparsity"])
+
+
+def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--methods", "magnitud"], "unknown method 'magnitud'"),
+        (["--sparsity", "1.2"], "outside [0, 1)"),
+        (["--sparsity", "half"], "cannot read sparsity"),
+        (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+        (["--set", "magnitude.nope=1"], "no option 'nope'"),
+        (["--set", "magnitude.scope=diagonal"], "must be one of"),
+        (["--set", "leap.steps=3"], "not in --methods"),
+        (["--set", "garbage"], "METHOD.FIELD=VALUE"),
+        (["--tasks", "nosuchtask"], "nosuchtask"),
+        (["--seed", "x"], "--seed takes integers"),
+        (["--device", "tpu"], "unknown device"),
+    ],
+)
+def test_bad_input_gives_one_line_error(monkeypatch, capsys, tmp_path, args, needle):
+    code, _, err = _cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--tasks", "none", *args)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert needle in err
+
+
+def test_missing_data_dir_is_a_clear_error(monkeypatch, capsys, tmp_path, model_dir):
+    code, _, err = _cli(monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu")
+    assert code == 2 and "missing data file" in err and "--data-dir" in err and err.count("\n") == 1
+
+
+def test_unreadable_record_is_a_clear_error(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    settings = _settings(model_dir, tmp_path, sparsities=["0.5"]).resolved()
+    path = cell_path(plan_cells(settings)[0], settings)
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    code, _, err = _cli(
+        monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none",
+        "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report",
+    )
+    assert code == 2 and "unreadable record file" in err
+
+
+def test_cli_run_prints_summary(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    code, out, _ = _cli(
+        monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--sparsity", "0.5",
+        "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report",
+    )
+    assert code == 0
+    assert "wikitext2_ppl" in out and "magnitude" in out and "dense" in out
+
+
+def test_list_names_methods_models_suites(monkeypatch, capsys):
+    code, out, _ = _cli(monkeypatch, capsys, "list")
+    assert code == 0
+    for name in ("magnitude", "wanda", "sparsegpt", "admm", "leap", "smollm2-135m", "gemma3-270m", "leap6", "wanda7"):
+        assert name in out
