@@ -91,6 +91,34 @@ def run(**options) -> None:
     )
     records = run_sweep(settings)
     click.echo(summary_table(records))
+    if options["report"]:
+        methods = {r["method"] for r in records}
+        baseline = "admm" if "admm" in methods else "dense"
+        _report(settings.out, Path("reports") / "latest", baseline, "leap", ("md", "latex"), False)
+
+
+def _report(results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool) -> None:
+    from harness.report import write_report
+
+    output = write_report(results, out, baseline=baseline, target=target, formats=formats, stderr=stderr)
+    for warning in output.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(output.main_markdown)
+    click.echo(f"report written to {out}/ ({len(output.files)} files)")
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(path_type=Path), default=Path("results"))
+@click.option("--baseline", default="admm", show_default=True, help="Method the deltas are taken against.")
+@click.option("--target", default="leap", show_default=True, help="Method whose deltas vs the baseline are summarized.")
+@click.option("--format", "formats", default="md,latex", show_default=True, help="Comma list: md, latex.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("reports") / "latest", show_default=True, help="Output folder.")
+@click.option("--stderr", is_flag=True, help="Also write the standard errors of every accuracy.")
+def report(results_dir: Path, baseline: str, target: str, formats: str, out: Path, stderr: bool) -> None:
+    """Tables (Markdown, LaTeX), deltas, significance and plots from the records in RESULTS_DIR."""
+    if not results_dir.is_dir():
+        raise HarnessError(f"results folder {results_dir} does not exist; run `harness run` first or pass the folder")
+    _report(results_dir, out, baseline, target, tuple(_split(formats)), stderr)
 
 
 def summary_table(records: list[dict]) -> str:

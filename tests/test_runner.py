@@ -185,3 +185,14 @@ def test_list_names_methods_models_suites(monkeypatch, capsys):
     assert code == 0
     for name in ("magnitude", "wanda", "sparsegpt", "admm", "leap", "smollm2-135m", "gemma3-270m", "leap6", "wanda7"):
         assert name in out
+
+
+def test_cli_report_on_real_sweep_records(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    run_sweep(_settings(model_dir, tmp_path / "res"), log=lambda _: None)
+    code, out, _ = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "dense", "--out", str(tmp_path / "rep"))
+    assert code == 0
+    assert "magnitude" in out and (tmp_path / "rep" / "main.md").exists() and (tmp_path / "rep" / "main.tex").exists()
+    code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "admm", "--out", str(tmp_path / "rep2"))
+    assert code == 2 and "baseline method 'admm' has no records" in err
+    code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "nothing"))
+    assert code == 2 and "does not exist" in err

@@ -1,0 +1,220 @@
+"""The reporter: golden Markdown and LaTeX on hand-written records, plots, significance, errors.
+
+The records under tests/golden/report/records are the only place where written records stand
+in for runs. They cover missing cells, two seeds in one cell, two bad records, a model without
+a dense record, a perplexity-only record, a bold tie, and deltas of both signs. After an
+intended change to the output, regenerate the expected files explicitly and read the diff:
+
+    UPDATE_GOLDEN=1 pytest tests/test_report.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+from PIL import Image
+
+from harness.errors import HarnessError
+from harness.report import ReportOutput, load_records, write_report
+from harness.significance import item_scores, paired_bootstrap
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "report"
+RECORDS = GOLDEN / "records"
+EXPECTED = GOLDEN / "expected"
+PLOTS = ("avg_acc_vs_sparsity", "ppl_vs_sparsity", "leap_training")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[ReportOutput, pathlib.Path]:
+    out = tmp_path_factory.mktemp("report")
+    return write_report(RECORDS, out, stderr=True), out
+
+
+def _text_outputs(out: pathlib.Path) -> dict[str, str]:
+    """Every Markdown and LaTeX file, with the machine-specific records path made neutral."""
+    return {
+        path.name: path.read_text().replace(str(RECORDS), "<records>")
+        for path in sorted(out.iterdir())
+        if path.suffix in (".md", ".tex")
+    }
+
+
+def _rows(markdown: str) -> dict[tuple[str, str, str], list[str]]:
+    """Value cells of a grouped Markdown table by (model, sparsity, method)."""
+    rows: dict[tuple[str, str, str], list[str]] = {}
+    model = label = ""
+    for line in markdown.splitlines():
+        if not line.startswith("| ") or line.startswith(("| Model", "| :--")):
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        model, label = cells[0] or model, cells[1] or label
+        rows[(model, label, cells[2])] = cells[3:]
+    return rows
+
+
+def _write_record(directory: pathlib.Path, name: str, **fields: object) -> None:
+    record = {"model": "m", "method": "admm", "sparsity": 0.5, "sparsity_label": "0.50", "seed": 0}
+    record.update(fields)
+    (directory / name).write_text(json.dumps(record))
+
+
+def test_golden_markdown_and_latex(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    _, out = report
+    actual = _text_outputs(out)
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        shutil.rmtree(EXPECTED, ignore_errors=True)
+        EXPECTED.mkdir(parents=True)
+        for name, text in actual.items():
+            (EXPECTED / name).write_text(text)
+    expected = {path.name: path.read_text() for path in sorted(EXPECTED.iterdir())}
+    assert sorted(actual) == sorted(expected)
+    for name, text in expected.items():
+        assert actual[name] == text, f"{name} differs from its golden file (UPDATE_GOLDEN=1 to accept)"
+
+
+def test_bad_records_are_skipped_and_named(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    output, _ = report
+    assert any(w.startswith("skipped broken.json: not readable JSON") for w in output.warnings)
+    assert "skipped tiny_llama/no_metrics.json: lacks metrics" in output.warnings
+
+
+def test_main_table_cells(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    rows = _rows(report[0].main_markdown)
+    # A missing cell is a dash, never a zero.
+    assert set(rows[("tiny_llama", "0.60", "leap")]) == {"–"}
+    assert rows[("tiny_llama", "0.60", "magnitude")][4:6] == ["–", "1520.30"]
+    # Two seeds: mean ± std, and the row says how many.
+    assert rows[("smollm2-135m", "0.50", "leap (2 seeds)")][4] == "**55.62 ± 0.88**"
+    # Bold goes to the best pruned method, ties included; dense is never bold.
+    piqa = {key[2]: cells[1] for key, cells in rows.items() if key[:2] == ("smollm2-135m", "0.50")}
+    assert piqa == {
+        "dense": "70.00",
+        "magnitude": "56.20",
+        "wanda": "**72.50**",
+        "admm": "40.00",
+        "leap (2 seeds)": "**72.50 ± 3.54**",
+    }
+    assert rows[("tiny_llama", "0.50", "leap")][4:] == ["41.50", "**77.80**", "−0.77", "–"]
+    # Delta signs, and the dagger on a delta the bootstrap cannot tell from zero.
+    assert rows[("smollm2-135m", "0.50", "leap (2 seeds)")][6:] == ["+14.38", "−4.37†"]
+    assert rows[("smollm2-135m", "2:4", "leap")][6:] == ["+2.50†", "−18.75"]
+
+
+def test_deltas_summary_mean(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    deltas = (report[1] / "deltas.md").read_text()
+    assert "| Mean | 3 cells | 46.12 | 40.76 | **+5.37** |  |  |  |" in deltas
+
+
+def test_missing_baseline_is_a_clear_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(HarnessError) as error:
+        write_report(RECORDS, tmp_path, baseline="sparsegpt")
+    assert str(error.value) == (
+        f"baseline method 'sparsegpt' has no records in {RECORDS}/; "
+        "pass --baseline with one of: dense, magnitude, wanda, admm, leap"
+    )
+
+
+def test_missing_target_skips_the_summary(tmp_path: pathlib.Path) -> None:
+    output = write_report(RECORDS, tmp_path, target="sparsegpt", plots=False)
+    assert "target method 'sparsegpt' has no records; deltas summary skipped" in output.warnings
+    assert not (tmp_path / "deltas.md").exists()
+    assert (tmp_path / "main.md").exists()
+
+
+def test_unknown_format_is_an_error(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(HarnessError, match="unknown report format 'html'"):
+        write_report(RECORDS, tmp_path, formats=("md", "html"))
+
+
+def test_perplexity_only_records(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
+    _write_record(results, "wanda.json", method="wanda", metrics={"wikitext2_ppl": 50.0})
+    output = write_report(results, tmp_path / "report", target="wanda")
+    assert output.main_markdown.splitlines()[2] == "| Model | Sparsity | Method | Wiki2 PPL |"
+    assert _rows(output.main_markdown) == {("m", "0.50", "wanda"): ["50.00"], ("m", "0.50", "admm"): ["**40.00**"]}
+    names = {path.name for path in output.files}
+    assert "ppl_vs_sparsity.png" in names and "avg_acc_vs_sparsity.png" not in names
+    assert "no record has an average accuracy; deltas summary skipped" in output.warnings
+
+
+def test_rerun_supersedes_the_older_record(tmp_path: pathlib.Path) -> None:
+    _write_record(tmp_path, "a.json", metrics={"wikitext2_ppl": 40.0}, created="2026-11-30T10:00:00Z")
+    _write_record(tmp_path, "b.json", metrics={"wikitext2_ppl": 99.0}, created="2026-11-29T10:00:00Z")
+    records, warnings = load_records(tmp_path)
+    assert [r["metrics"]["wikitext2_ppl"] for r in records] == [40.0]
+    assert warnings == ["skipped b.json: superseded by a.json (same model, method, sparsity and seed)"]
+
+
+def test_plots_are_valid_images(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    output, out = report
+    for stem in PLOTS:
+        with Image.open(out / f"{stem}.png") as image:
+            image.verify()
+            assert image.format == "PNG" and min(image.size) > 100
+        pdf = (out / f"{stem}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    assert {out / f"{stem}.{ext}" for stem in PLOTS for ext in ("png", "pdf")} <= set(output.files)
+
+
+def test_latex_is_ascii(report: tuple[ReportOutput, pathlib.Path]) -> None:
+    """Every symbol is spelled in LaTeX, so pdflatex needs no input encoding setup."""
+    for path in report[1].glob("*.tex"):
+        assert path.read_text().isascii(), path.name
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed")
+def test_latex_compiles(report: tuple[ReportOutput, pathlib.Path], tmp_path: pathlib.Path) -> None:
+    tables = sorted(report[1].glob("*.tex"))
+    body = "\n\\clearpage\n".join(f"\\input{{{path}}}" for path in tables)
+    document = tmp_path / "report.tex"
+    document.write_text(
+        f"\\documentclass{{article}}\n\\usepackage{{booktabs}}\n\\begin{{document}}\n{body}\n\\end{{document}}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", document.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert len(tables) == 6
+
+
+def test_bootstrap_of_identical_results_is_not_significant() -> None:
+    scores = {"piqa": {str(i): float(i % 2) for i in range(50)}}
+    comparison = paired_bootstrap(scores, scores)
+    assert comparison is not None
+    assert comparison.average.delta == 0.0 and comparison.average.p_value == 1.0
+    assert not comparison.per_task["piqa"].significant
+
+
+def test_bootstrap_detects_a_clear_difference_reproducibly() -> None:
+    a = {"piqa": {str(i): 1.0 for i in range(60)}}
+    b = {"piqa": {str(i): float(i % 2) for i in range(60)}}
+    first, second = paired_bootstrap(a, b), paired_bootstrap(a, b)
+    assert first == second
+    result = first.per_task["piqa"]
+    assert result.delta == pytest.approx(0.5) and result.p_value < 0.001 and result.ci_low > 0
+
+
+def test_bootstrap_uses_shared_items_and_weighs_tasks_equally() -> None:
+    a = {"mmlu": {str(i): 1.0 for i in range(10)}, "piqa": {str(i): 0.0 for i in range(100)}, "boolq": {"0": 1.0}}
+    b = {"mmlu": {str(i): 0.0 for i in range(12)}, "piqa": {str(i): 0.0 for i in range(100)}}
+    comparison = paired_bootstrap(a, b)
+    assert sorted(comparison.per_task) == ["mmlu", "piqa"]
+    assert comparison.per_task["mmlu"].n_items == 10
+    assert comparison.average.delta == pytest.approx(0.5) and comparison.average.n_items == 110
+    assert paired_bootstrap({"piqa": {"0": 1.0}}, {"mmlu": {"0": 1.0}}) is None
+
+
+def test_seeds_are_pooled_per_item() -> None:
+    pooled = item_scores([{"piqa": {"0": 1, "1": 1}}, {"piqa": {"0": 0}}])
+    assert pooled == {"piqa": {"0": 0.5, "1": 1.0}}
