@@ -25,9 +25,34 @@ def tiny_llama(seed: int = 0, layers: int = 2):
     return LlamaForCausalLM(config).eval()
 
 
+def tiny_gemma3(seed: int = 0, layers: int = 3):
+    """Gemma-3 text model alternating sliding-window (window 8) and full attention layers."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=256,
+        max_position_embeddings=256,
+        sliding_window=8,
+        layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
+    )
+    return Gemma3ForCausalLM(config).eval()
+
+
 @pytest.fixture
 def tiny_model():
     return tiny_llama()
+
+
+@pytest.fixture
+def tiny_gemma():
+    return tiny_gemma3()
 
 
 @pytest.fixture(scope="session")

@@ -22,18 +22,20 @@ def windows(smollm2, data_dir):
     return wikitext2_windows(tokenizer, seqlen=512, max_tokens=20_000, data_dir=data_dir)
 
 
-def test_dense_perplexity_is_sane(smollm2, windows):
-    model, _ = smollm2
+@pytest.fixture(scope="module")
+def dense_ppl(smollm2, windows):
+    return window_perplexity(smollm2[0], windows)
+
+
+def test_dense_perplexity_is_sane(windows, dense_ppl):
     assert windows.shape == (39, 512)
-    ppl = window_perplexity(model, windows)
-    assert 25 < ppl < 34  # about 29 for this slice
+    assert 25 < dense_ppl < 34  # about 29 for this slice
 
 
-def test_magnitude_hurts_and_survives_a_save(smollm2, windows, tmp_path):
+def test_magnitude_hurts_and_survives_a_save(smollm2, windows, dense_ppl, tmp_path):
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = smollm2
-    dense_ppl = window_perplexity(model, windows)
     pruned = copy.deepcopy(model)
     result = MagnitudePruner().run(pruned, Sparsity(0.5), PruneContext())
     assert result.realized_sparsity == pytest.approx(0.5, abs=1e-6)

@@ -134,7 +134,9 @@ def evaluate_zeroshot(
         for metric in _METRICS:
             if f"{metric},none" in scores:
                 result.metrics[f"{name}_{metric}"] = float(scores[f"{metric},none"])
-                result.metrics[f"{name}_{metric}_stderr"] = float(scores[f"{metric}_stderr,none"])
+                stderr = scores[f"{metric}_stderr,none"]
+                if stderr != "N/A":  # lm-eval has no stderr for a single item
+                    result.metrics[f"{name}_{metric}_stderr"] = float(stderr)
         leaves = [task.task_name for task in obj.get_all_tasks()] if isinstance(obj, Group) else [name]
         result.n_items[name] = sum(output["n-samples"][leaf]["effective"] for leaf in leaves)
         result.per_item[name] = {
