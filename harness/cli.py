@@ -40,7 +40,31 @@ def cli() -> None:
     """Prune LLMs with several methods under one protocol and report who wins."""
 
 
+# CLI option name -> RunSettings field, for the options a sweep file may also set
+SETTING_OPTIONS = {
+    "model": "models", "methods": "methods", "sparsity": "sparsities", "seed": "seeds", "out": "out",
+    "nsamples": "nsamples", "seqlen": "seqlen", "ppl_tokens": "ppl_tokens", "tasks": "tasks", "limit": "limit",
+    "eval_batch_size": "eval_batch_size", "hellaswag": "hellaswag", "device": "device", "dtype": "dtype",
+    "data_dir": "data_dir", "target_pattern": "target_pattern", "no_dense": "include_dense",
+    "executor": "executor", "address": "address",
+}
+LIST_OPTIONS = {"model", "methods", "sparsity"}
+
+
+def _cli_value(name: str, value):
+    if name in LIST_OPTIONS:
+        return _split(value)
+    if name == "seed":
+        return _seeds(value)
+    if name == "no_dense":
+        return not value
+    if name == "eval_batch_size" and value and value.isdigit():
+        return int(value)
+    return value
+
+
 @cli.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Sweep YAML (see sweeps/); flags given on the command line override it.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Comma list: bundled alias, local folder or hub id.")
 @click.option("--methods", default="magnitude", show_default=True, help="Comma list of registered methods (see `harness list`).")
 @click.option("--sparsity", default="0.5", show_default=True, help="Comma list of ratios in [0, 1) or N:M patterns like 2:4.")
@@ -61,40 +85,50 @@ def cli() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data root [default: $HARNESS_DATA_DIR or ../shared/data].")
 @click.option("--targets", "target_pattern", default=None, help="Regex over module names restricting the pruned linears.")
 @click.option("--no-dense", is_flag=True, help="Do not evaluate the dense model.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run cells here in sequence, or as Ray tasks.")
+@click.option("--address", default=None, help="Ray cluster address (auto | HOST:PORT) [default: start a local Ray].")
+@click.option("--cell", "cell_index", type=int, default=None, help="Run only this 0-based cell of the plan (Slurm job arrays).")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report into reports/latest at the end.")
-def run(**options) -> None:
+def run(config_file: Path | None, sets: tuple[str, ...], force: bool, save_model: Path | None, cell_index: int | None, report: bool, **options) -> None:
     """Prune and evaluate every cell of models x methods x sparsities x seeds."""
     from harness.runner import RunSettings, run_sweep
+    from harness.sweep import load_sweep
 
-    batch = options["eval_batch_size"]
-    settings = RunSettings(
-        models=_split(options["model"]),
-        methods=_split(options["methods"]),
-        sparsities=_split(options["sparsity"]),
-        seeds=_seeds(options["seed"]),
-        out=options["out"],
-        nsamples=options["nsamples"],
-        seqlen=options["seqlen"],
-        ppl_tokens=options["ppl_tokens"],
-        tasks=options["tasks"],
-        limit=options["limit"],
-        eval_batch_size=int(batch) if batch and batch.isdigit() else batch,
-        hellaswag=options["hellaswag"],
-        device=options["device"],
-        dtype=options["dtype"],
-        force=options["force"],
-        save_model=options["save_model"],
-        overrides=_parse_sets(options["sets"]),
-        data_dir=options["data_dir"],
-        target_pattern=options["target_pattern"],
-        include_dense=not options["no_dense"],
-    )
-    records = run_sweep(settings)
-    click.echo(summary_table(records))
-    if options["report"]:
-        methods = {r["method"] for r in records}
+    context = click.get_current_context()
+    values = {field: _cli_value(name, options[name]) for name, field in SETTING_OPTIONS.items()}
+    overrides: dict[str, dict[str, str]] = {}
+    if config_file is not None:
+        from_file = load_sweep(config_file)
+        overrides = from_file.pop("overrides", {})
+        explicit = {SETTING_OPTIONS[name] for name in SETTING_OPTIONS if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        values.update({field: value for field, value in from_file.items() if field not in explicit})
+    for method, fields in _parse_sets(sets).items():
+        overrides.setdefault(method, {}).update(fields)
+    executor, address = values.pop("executor"), values.pop("address")
+    settings = RunSettings(**values, force=force, save_model=save_model, overrides=overrides)
+    outcome = run_sweep(settings, executor=executor, address=address, cell_index=cell_index)
+    click.echo(summary_table(outcome.records))
+    if report and outcome.records:
+        methods = {r["method"] for r in outcome.records}
         baseline = "admm" if "admm" in methods else "dense"
         _report(settings.out, Path("reports") / "latest", baseline, "leap", ("md", "latex"), False)
+    if outcome.failures:
+        for failure in outcome.failures:
+            click.echo(f"failed: {failure.cell.model} {failure.cell.method} {failure.cell.sparsity} seed={failure.cell.seed}: {failure.error}", err=True)
+        raise HarnessError(f"{len(outcome.failures)} cell(s) failed (listed above); re-run to retry them")
+
+
+def summary_table(records: list[dict]) -> str:
+    """Plain table of the sweep's cells: realized sparsity, perplexity and average accuracy."""
+    lines = [f"{'model':<16} {'method':<10} {'sparsity':>8} {'seed':>4} {'realized':>8} {'wikitext2_ppl':>13} {'avg_acc':>8}"]
+    for r in records:
+        m = r["metrics"]
+        acc = f"{100 * m['avg_acc']:.2f}" if "avg_acc" in m else "-"
+        lines.append(
+            f"{r['model']:<16} {r['method']:<10} {r['sparsity_label']:>8} {r['seed']:>4} "
+            f"{r['realized_sparsity']:>8.4f} {m.get('wikitext2_ppl', float('nan')):>13.2f} {acc:>8}"
+        )
+    return "\n".join(lines)
 
 
 def _report(results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool) -> None:
@@ -119,19 +153,6 @@ def report(results_dir: Path, baseline: str, target: str, formats: str, out: Pat
     if not results_dir.is_dir():
         raise HarnessError(f"results folder {results_dir} does not exist; run `harness run` first or pass the folder")
     _report(results_dir, out, baseline, target, tuple(_split(formats)), stderr)
-
-
-def summary_table(records: list[dict]) -> str:
-    """Plain table of the sweep's cells: realized sparsity, perplexity and average accuracy."""
-    lines = [f"{'model':<16} {'method':<10} {'sparsity':>8} {'seed':>4} {'realized':>8} {'wikitext2_ppl':>13} {'avg_acc':>8}"]
-    for r in records:
-        m = r["metrics"]
-        acc = f"{100 * m['avg_acc']:.2f}" if "avg_acc" in m else "-"
-        lines.append(
-            f"{r['model']:<16} {r['method']:<10} {r['sparsity_label']:>8} {r['seed']:>4} "
-            f"{r['realized_sparsity']:>8.4f} {m.get('wikitext2_ppl', float('nan')):>13.2f} {acc:>8}"
-        )
-    return "\n".join(lines)
 
 
 @cli.command(name="list")

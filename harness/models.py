@@ -66,15 +66,21 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
+def check_model_spec(spec: str) -> None:
+    """Cheap up-front check: a bundled alias, an existing folder, or something shaped like a hub id."""
+    if spec in BUNDLED or Path(spec).expanduser().exists() or "/" in spec:
+        return
+    raise HarnessError(f"unknown model {spec!r}; use a bundled alias ({', '.join(BUNDLED)}), a local folder or a hub id")
+
+
 def model_folder(spec: str) -> str:
     """A path or hub id that `from_pretrained` accepts, converting a bundled GGUF on first use."""
+    check_model_spec(spec)
     if spec in BUNDLED:
         return str(_converted_bundle(BUNDLED[spec]))
     if Path(spec).expanduser().exists():
         return str(Path(spec).expanduser())
-    if "/" in spec:
-        return spec  # hub id: transformers resolves it from its cache (no hub access here)
-    raise HarnessError(f"unknown model {spec!r}; use a bundled alias ({', '.join(BUNDLED)}), a local folder or a hub id")
+    return spec  # hub id: transformers resolves it from its cache (no hub access here)
 
 
 def _converted_bundle(bundle: BundledModel) -> Path:

@@ -21,7 +21,7 @@ from harness.device import resolve_device, resolve_dtype
 from harness.errors import HarnessError
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
 from harness.memory import PeakMemory
-from harness.models import DEFAULT_MODEL, load_model, needs_bos_per_window
+from harness.models import DEFAULT_MODEL, check_model_spec, load_model, needs_bos_per_window
 from harness.provenance import git_commit, package_versions
 from harness.pruner import PruneContext
 from harness.registry import get_pruner
@@ -84,6 +84,8 @@ class Cell:
 def plan_cells(settings: RunSettings) -> list[Cell]:
     """Dense row first per model, then methods x sparsities x seeds. Validates names up front."""
     sparsities = [Sparsity.parse(s).label() for s in settings.sparsities]
+    for model in settings.models:
+        check_model_spec(model)
     for method in settings.methods:
         pruner_cls = get_pruner(method)
         build_config(pruner_cls.Config, settings.overrides.get(method, {}), method)
@@ -252,21 +254,53 @@ def _save_model(model, tokenizer, root: Path, cell: Cell) -> None:
     tokenizer.save_pretrained(target)
 
 
+@dataclass
+class CellFailure:
+    """A cell that raised: reported with its coordinates, the other cells go on."""
+
+    cell: Cell
+    error: str
+
+
+@dataclass
+class SweepOutcome:
+    records: list[dict[str, Any]]
+    failures: list[CellFailure]
+
+
+def cell_tag(cell: Cell) -> str:
+    return f"{cell.model} {cell.method} {cell.sparsity} seed={cell.seed}"
+
+
 def run_sweep(
-    settings: RunSettings, cells: list[Cell] | None = None, log: Callable[[str], None] = print
-) -> list[dict[str, Any]]:
-    """Run every unfinished cell in order; return the records of all cells (old and new)."""
+    settings: RunSettings,
+    executor: str = "local",
+    address: str | None = None,
+    cell_index: int | None = None,
+    log: Callable[[str], None] = print,
+) -> SweepOutcome:
+    """Run every unfinished cell (or only cell `cell_index` of the plan, for job arrays) with the
+    chosen executor; return the records of all planned cells, old and new, and the failures."""
+    from harness.executors import EXECUTORS
+
+    if executor not in EXECUTORS:
+        raise HarnessError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
     settings = settings.resolved()
-    cells = plan_cells(settings) if cells is None else cells
+    cells = plan_cells(settings)
+    if cell_index is not None:
+        if not 0 <= cell_index < len(cells):
+            raise HarnessError(f"--cell {cell_index} is outside the plan's {len(cells)} cells (0..{len(cells) - 1})")
+        cells = [cells[cell_index]]
     _check_data(settings, cells)
-    records: list[dict[str, Any]] = []
+    done: dict[Cell, dict[str, Any]] = {}
+    pending: list[Cell] = []
     for index, cell in enumerate(cells, 1):
         path = cell_path(cell, settings)
-        tag = f"[{index}/{len(cells)}] {cell.model} {cell.method} {cell.sparsity} seed={cell.seed}"
         if path.exists() and not settings.force:
-            log(f"{tag}: done, skipping ({path})")
-            records.append(read_record(path))
-            continue
-        log(f"{tag}: running")
-        records.append(run_cell(cell, settings, log))
-    return records
+            log(f"[{index}/{len(cells)}] {cell_tag(cell)}: done, skipping ({path})")
+            done[cell] = read_record(path)
+        else:
+            pending.append(cell)
+    new_records, failures = EXECUTORS[executor](pending, settings, log, address)
+    done.update(new_records)
+    return SweepOutcome([done[c] for c in cells if c in done], failures)

@@ -39,7 +39,7 @@ def _settings(model_dir, out, **changes) -> RunSettings:
 
 
 def test_sweep_writes_one_record_per_cell(model_dir, tmp_path, data_dir):
-    records = run_sweep(_settings(model_dir, tmp_path), log=lambda _: None)
+    records = run_sweep(_settings(model_dir, tmp_path), log=lambda _: None).records
     assert [(r["method"], r["sparsity_label"]) for r in records] == [("dense", "0.00"), ("magnitude", "0.50"), ("magnitude", "0.60")]
     files = sorted(tmp_path.rglob("*.json"))
     assert len(files) == 3
@@ -57,14 +57,14 @@ def test_sweep_writes_one_record_per_cell(model_dir, tmp_path, data_dir):
 
 def test_rerun_skips_finished_cells_and_fills_missing(model_dir, tmp_path, data_dir):
     settings = _settings(model_dir, tmp_path)
-    first = run_sweep(settings, log=lambda _: None)
+    first = run_sweep(settings, log=lambda _: None).records
     resolved = settings.resolved()
     missing = cell_path(plan_cells(resolved)[2], resolved)
     missing.unlink()
     kept = cell_path(plan_cells(resolved)[1], resolved)
     stamp = kept.stat().st_mtime_ns
     lines: list[str] = []
-    second = run_sweep(settings, log=lines.append)
+    second = run_sweep(settings, log=lines.append).records
     assert sum("skipping" in line for line in lines) == 2
     assert sum(line.endswith("running") for line in lines) == 1
     assert kept.stat().st_mtime_ns == stamp
@@ -112,7 +112,7 @@ def test_save_model_round_trip_keeps_sparsity(model_dir, tmp_path, data_dir):
     from harness.targets import count_zeros, target_linears
 
     saved = tmp_path / "saved"
-    records = run_sweep(_settings(model_dir, tmp_path / "res", sparsities=["0.6"], save_model=saved, include_dense=False), log=lambda _: None)
+    records = run_sweep(_settings(model_dir, tmp_path / "res", sparsities=["0.6"], save_model=saved, include_dense=False), log=lambda _: None).records
     folders = [p.parent for p in saved.rglob("config.json")]
     assert len(folders) == 1
     reloaded = AutoModelForCausalLM.from_pretrained(folders[0], dtype=torch.float32)
