@@ -8,36 +8,24 @@ subject) in file order, so every method is scored on the same items."""
 
 from __future__ import annotations
 
-import os
-
-# Before lm_eval/datasets are imported: nothing may reach the network during evaluation.
-for _variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-    os.environ[_variable] = "1"
-
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import datasets
-import huggingface_hub.constants
 import lm_eval
 from lm_eval.api.group import Group
 from lm_eval.models.huggingface import HFLM
 
 from harness.errors import HarnessError
-from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS, LOCAL_TASKS
-from harness.evaluation.tasks.local_task import build_task, task_manager
-
-# Libraries imported before this module read the variables already; switch them off too.
-huggingface_hub.constants.HF_HUB_OFFLINE = True
-datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS
+from harness.evaluation.tasks.local_task import TASK_DIRS, build_task, task_manager
 
 SUITES: dict[str, list[str]] = {
     "leap6": ["mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"],
     "wanda7": ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"],
 }
-DEFAULT_SUITE = "leap6"
 DEFAULT_BATCH_SIZE = 16
 """Measured with benchmarks/eval_throughput.py on the 2-core CPU (SmolLM2-135M, float32): 16 is
 about 2x batch 1 and on par with 32; "auto" probes 64 sequences of the longest request and can
@@ -59,10 +47,10 @@ def resolve_tasks(spec: str | list[str] | None) -> list[str]:
             continue
         if part in SUITES:
             names.extend(SUITES[part])
-        elif part in LOCAL_TASKS:
+        elif part in TASK_DIRS:
             names.append(part)
         else:
-            valid = ", ".join([*SUITES, *LOCAL_TASKS])
+            valid = ", ".join([*SUITES, *TASK_DIRS])
             raise HarnessError(f"unknown zero-shot task {part!r}; valid: {valid}, or 'none'")
     return list(dict.fromkeys(names))
 
@@ -130,19 +118,12 @@ def evaluate_zeroshot(
 
     result = ZeroShotResult()
     for name, obj in built.items():
-        scores = output["results"][name]
-        for metric in _METRICS:
-            if f"{metric},none" in scores:
-                result.metrics[f"{name}_{metric}"] = float(scores[f"{metric},none"])
-                stderr = scores[f"{metric}_stderr,none"]
-                if stderr != "N/A":  # lm-eval has no stderr for a single item
-                    result.metrics[f"{name}_{metric}_stderr"] = float(stderr)
-        leaves = [task.task_name for task in obj.get_all_tasks()] if isinstance(obj, Group) else [name]
+        result.metrics.update(_task_metrics(name, output["results"][name]))
+        grouped = isinstance(obj, Group)
+        leaves = [task.task_name for task in obj.get_all_tasks()] if grouped else [name]
         result.n_items[name] = sum(output["n-samples"][leaf]["effective"] for leaf in leaves)
         result.per_item[name] = {
-            (f"{leaf}/{sample['doc_id']}" if isinstance(obj, Group) else str(sample["doc_id"])): int(
-                sample[PRIMARY_METRIC]
-            )
+            f"{leaf}/{sample['doc_id']}" if grouped else str(sample["doc_id"]): int(sample[PRIMARY_METRIC])
             for leaf in leaves
             for sample in output["samples"][leaf]
         }
@@ -162,3 +143,15 @@ def evaluate_zeroshot(
         "seconds": round(seconds, 1),
     }
     return result
+
+
+def _task_metrics(name: str, scores: dict[str, Any]) -> dict[str, float]:
+    """`<task>_acc`, `<task>_acc_norm` and their `_stderr` from lm-eval's "metric,filter" keys
+    (acc_norm only where the task defines it; no stderr where lm-eval reports N/A, i.e. one item)."""
+    metrics = {}
+    for metric in _METRICS:
+        if f"{metric},none" in scores:
+            metrics[f"{name}_{metric}"] = float(scores[f"{metric},none"])
+            if (stderr := scores[f"{metric}_stderr,none"]) != "N/A":
+                metrics[f"{name}_{metric}_stderr"] = float(stderr)
+    return metrics

@@ -3,7 +3,8 @@ lm-eval's official task configs expect, keyed by the official split name.
 
 Only the layout is converted (field names, label encodings, files split by subject); the text is
 passed through untouched, so lm-eval's own `doc_to_text`/`doc_to_choice`/`process_docs` render the
-prompts. Records stay in file order, which is the HF row order."""
+prompts. The one exception is HellaSwag "exact", whose file holds `process_docs` output already.
+Records stay in file order, which is the HF row order."""
 
 from __future__ import annotations
 
@@ -100,7 +101,13 @@ def hellaswag_exact(data_dir: Path) -> Splits:
     is the HF string label that the official `doc_to_target: "{{label}}"` reads."""
     rows = read_jsonl_gz(data_file(data_dir, "hellaswag/hellaswag_val_olmes_subset1000.jsonl.gz"))
     records = [
-        {"ind": row["ind"], "query": row["query"], "choices": row["choices"], "gold": row["gold"], "label": str(row["gold"])}
+        {
+            "ind": row["ind"],
+            "query": row["query"],
+            "choices": row["choices"],
+            "gold": row["gold"],
+            "label": str(row["gold"]),
+        }
         for row in rows
     ]
     return {"validation": records}
@@ -128,8 +135,8 @@ def mmlu(data_dir: Path, subject: str) -> Splits:
     """Headerless per-subject CSVs (question, A, B, C, D, answer letter); `dev` feeds lm-eval's
     few-shot sampler, which it builds even for zero-shot runs."""
     return {
-        split: _mmlu_csv(data_file(data_dir, f"mmlu/{folder}/{subject}_{folder}.csv"), subject)
-        for split, folder in (("test", "test"), ("dev", "dev"))
+        split: _mmlu_csv(data_file(data_dir, f"mmlu/{split}/{subject}_{split}.csv"), subject)
+        for split in ("test", "dev")
     }
 
 
@@ -150,8 +157,6 @@ _READERS: dict[str, Callable[[Path], Splits]] = {
     "boolq": boolq,
     "rte": rte,
 }
-LOCAL_TASKS = (*_READERS, "hellaswag", "mmlu")
-"""lm-eval task (or group, for mmlu) names that have local data."""
 
 
 @dataclass(frozen=True)
@@ -175,5 +180,6 @@ def local_data(task: str, dataset_name: str | None, data_dir: Path, hellaswag: s
             return LocalData(hellaswag_exact(data_dir), processed=True)
         return LocalData(hellaswag_normalized(data_dir))
     if task not in _READERS:
-        raise HarnessError(f"no local data for lm-eval task {task!r}; available: {', '.join(LOCAL_TASKS)}")
+        available = ", ".join([*_READERS, "hellaswag", "mmlu_<subject>"])
+        raise HarnessError(f"no local data for lm-eval task {task!r}; available: {available}")
     return LocalData(_READERS[task](data_dir))

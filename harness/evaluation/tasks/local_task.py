@@ -6,11 +6,14 @@ metrics, group aggregation) is the installed lm-eval package's own."""
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import datasets
+import datasets.config
+import huggingface_hub.constants
 import lm_eval.tasks
 from lm_eval.api.group import Group
 from lm_eval.api.task import ConfigurableTask, Task
@@ -30,7 +33,8 @@ TASK_DIRS = {
     "rte": "glue/rte",
     "hellaswag": "hellaswag",
 }
-"""Where each supported task's official YAML lives inside `lm_eval/tasks`."""
+"""The supported lm-eval names (tasks; `mmlu` is a group) and where their official YAML lives
+inside `lm_eval/tasks`."""
 
 LM_EVAL_TASKS_DIR = Path(lm_eval.tasks.__file__).parent
 
@@ -49,7 +53,9 @@ class LocalDataTask(ConfigurableTask):
         data = local_data(
             self.config.task, self.config.dataset_name, Path(options["local_data_dir"]), options["hellaswag"]
         )
-        self.dataset = datasets.DatasetDict({name: datasets.Dataset.from_list(rows) for name, rows in data.splits.items()})
+        self.dataset = datasets.DatasetDict(
+            {name: datasets.Dataset.from_list(rows) for name, rows in data.splits.items()}
+        )
         for attribute in ("training_split", "validation_split", "test_split"):
             if getattr(self.config, attribute) not in self.dataset:
                 setattr(self.config, attribute, None)
@@ -64,8 +70,18 @@ def task_manager() -> TaskManager:
     return TaskManager(include_defaults=False, include_path=folders)
 
 
+def force_offline() -> None:
+    """No network during evaluation: the HF offline variables, plus the flags that `datasets` and
+    `huggingface_hub` (hence transformers) already read from them if imported before."""
+    for variable in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        os.environ[variable] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
+    datasets.config.HF_HUB_OFFLINE = datasets.config.HF_DATASETS_OFFLINE = True
+
+
 def build_task(name: str, data_dir: Path, hellaswag: str = "exact") -> Task | Group:
     """The official task (or group: `mmlu` with its 57 subject tasks) for `name`, on local data."""
+    force_offline()
     manager = task_manager()
     overrides = {
         "class": LocalDataTask,

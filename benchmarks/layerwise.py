@@ -1,0 +1,245 @@
+"""Speed of the layer-wise methods on one calibration set (issue #3). Not a test: it prints tables.
+
+Table 1 prunes the model with each method at the same sparsity, each in a fresh process (so peak
+RSS is the method's own), and reports the total prune time, the time in calibration forwards (the
+floor no layer-wise method can go under: capturing layer-0 inputs plus two passes per layer), the
+method's own math (accumulating statistics in the hooks + pruning the matrices), peak RSS and
+WikiText-2 perplexity.
+
+Table 2 times the per-matrix math alone on identical inputs (the real statistics of decoder
+layer 0): ours against llmcompressor (if installed) and against the reference implementations
+if `--reference-root` points at a folder holding checkouts of IST-DASLab/sparsegpt (as
+`sparsegpt/`) and fmfi-compbio/admm-pruning (as `admm-pruning/`); nothing of theirs is vendored.
+
+    python benchmarks/layerwise.py --nsamples 32 --seqlen 512 [--reference-root DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import copy
+import importlib.util
+import io
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from harness.accumulators import GramAccumulator, InputNormAccumulator, InputStatistics
+from harness.data import c4_windows
+from harness.device import resolve_device, resolve_dtype
+from harness.engine import LayerwiseEngine
+from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
+from harness.models import DEFAULT_MODEL, load_model, needs_bos_per_window
+from harness.pruner import PruneContext
+from harness.registry import get_pruner
+from harness.sparsity import Sparsity
+from harness.targets import decoder_layers, find_linears
+from methods.admm import ADMMPruner
+from methods.sparsegpt import SparseGPTPruner
+from methods.wanda import WandaPruner
+
+
+def _load(args: argparse.Namespace) -> tuple[nn.Module, Any]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    return load_model(args.model, device, resolve_dtype(args.dtype, device))
+
+
+def _calibration(tokenizer: Any, args: argparse.Namespace) -> torch.Tensor:
+    return c4_windows(tokenizer, args.nsamples, args.seqlen, args.seed, "calibration", args.data_dir)
+
+
+def _perplexity(model: nn.Module, tokenizer: Any, args: argparse.Namespace) -> float:
+    windows = wikitext2_windows(tokenizer, args.seqlen, args.ppl_tokens, needs_bos_per_window(model), args.data_dir)
+    return window_perplexity(model, windows, batch_size=args.batch_size)
+
+
+def prune_and_measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One row of table 1, run in a fresh process."""
+    model, tokenizer = _load(args)
+    ids = _calibration(tokenizer, args)
+    pruner_cls = get_pruner(method)
+    overrides = {"batch_size": args.batch_size} if "batch_size" in pruner_cls.Config.__dataclass_fields__ else {}
+    pruner = pruner_cls(**overrides)
+    ctx = PruneContext(tokenizer=tokenizer, calibration=ids, seed=args.seed, data_dir=args.data_dir, progress=False)
+    result = pruner.run(model, Sparsity.parse(args.sparsity), ctx)
+    stats = result.stats
+    forwards = stats.get("capture_seconds", 0.0) + stats.get("forward_seconds", 0.0)
+    math = stats.get("accumulate_seconds", 0.0) + stats.get("prune_math_seconds", result.seconds)
+    return {
+        "method": method,
+        "total_s": result.seconds,
+        "forward_s": forwards,
+        "math_s": math,
+        "accumulate_s": stats.get("accumulate_seconds", 0.0),
+        "peak_rss_mb": result.peak_rss_mb,
+        "sparsity": result.realized_sparsity,
+        "ppl": _perplexity(model, tokenizer, args),
+    }
+
+
+def dense_perplexity(args: argparse.Namespace) -> float:
+    model, tokenizer = _load(args)
+    return _perplexity(model, tokenizer, args)
+
+
+# ------------------------------------------------------------------ per-matrix math ------------
+
+
+def layer0_statistics(args: argparse.Namespace) -> dict[str, tuple[nn.Linear, GramAccumulator, InputNormAccumulator]]:
+    """Weights, Gram matrices and input norms of decoder layer 0's linears on the calibration set."""
+    model, tokenizer = _load(args)
+    engine = LayerwiseEngine(model, _calibration(tokenizer, args), batch_size=args.batch_size)
+    engine.capture()
+    linears = find_linears(decoder_layers(model)[0])
+    grams = InputStatistics(linears, lambda lin: GramAccumulator(lin.in_features, lin.weight.device))
+    norms = InputStatistics(linears, lambda lin: InputNormAccumulator(lin.in_features, lin.weight.device))
+    with grams.hooked(), norms.hooked():
+        engine.forward(0)
+    return {name: (linears[name], grams.stats[name], norms.stats[name]) for name in linears}
+
+
+def best_of(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of `repeats` runs in ms (the machine may be shared; the minimum is the least noisy)."""
+    times = []
+    for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return 1000 * min(times)
+
+
+@contextlib.contextmanager
+def _quiet_reference() -> Any:
+    """The references print per layer and call torch.cuda.synchronize() unconditionally."""
+    saved = torch.cuda.synchronize
+    if not torch.cuda.is_available():
+        torch.cuda.synchronize = lambda *a, **k: None
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        torch.cuda.synchronize = saved
+
+
+def _load_module(name: str, path: Path) -> Any:
+    if not path.exists():
+        raise SystemExit(f"--reference-root: {path} is missing")
+    sys.path.insert(0, str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def matrix_timings(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Table 2: per-matrix math of each implementation on the same weight and statistics."""
+    sparsity = Sparsity.parse(args.sparsity)
+    stats = layer0_statistics(args)
+    ours = {"wanda": WandaPruner(), "sparsegpt": SparseGPTPruner(), "admm": ADMMPruner()}
+    peers: dict[str, dict[str, Callable[[nn.Linear, GramAccumulator, InputNormAccumulator], Any]]] = {
+        "wanda": {}, "sparsegpt": {}, "admm": {}
+    }
+    if importlib.util.find_spec("llmcompressor") is not None:
+        from llmcompressor.modifiers.pruning.sparsegpt import sgpt_sparsify
+        from llmcompressor.modifiers.pruning.wanda import wanda_sparsify
+
+        nm = (sparsity.m - sparsity.n, sparsity.m) if sparsity.is_nm else (0, 0)
+        peers["wanda"]["llmcompressor"] = lambda lin, gram, norm: wanda_sparsify.sparsify_weight(
+            lin, {lin: norm.sq_sum.clone()}, sparsity.ratio, *nm
+        )
+        peers["sparsegpt"]["llmcompressor"] = lambda lin, gram, norm: sgpt_sparsify.sparsify_weight(
+            lin, {lin: gram.gram.clone()}, sparsity.ratio, *nm, 128, 0.01, False
+        )
+    if args.reference_root:
+        root = Path(args.reference_root)
+        sgpt = _load_module("sparsegpt_reference", root / "sparsegpt" / "sparsegpt.py")
+        admm = _load_module("admm_reference", root / "admm-pruning" / "lib" / "admm.py")
+        nm = (sparsity.m - sparsity.n, sparsity.m) if sparsity.is_nm else (0, 0)
+
+        def reference_sparsegpt(lin: nn.Linear, gram: GramAccumulator, norm: InputNormAccumulator) -> None:
+            with _quiet_reference():
+                pruner = sgpt.SparseGPT(copy.deepcopy(lin))
+                pruner.H = gram.gram.clone()
+                pruner.fasterprune(sparsity.ratio, *nm, blocksize=128, percdamp=0.01)
+
+        def reference_admm(lin: nn.Linear, gram: GramAccumulator, norm: InputNormAccumulator) -> None:
+            with _quiet_reference():
+                pruner = admm.AdmmPruner(copy.deepcopy(lin))
+                pruner.XX = gram.gram.clone()
+                pruner.fasterprune(sparsity.ratio, *nm, percdamp=0.1, iterative_prune=15, iters=20)
+
+        peers["sparsegpt"]["reference"] = reference_sparsegpt
+        peers["admm"]["reference"] = reference_admm
+
+    rows = []
+    with torch.no_grad():
+        for name, (linear, gram, norm) in stats.items():
+            for method, pruner in ours.items():
+                stat = norm if method == "wanda" else gram
+                row = {"matrix": f"{name} {tuple(linear.weight.shape)}", "method": method}
+                row["ours_ms"] = best_of(lambda: pruner.prune_matrix(linear.weight.float().clone(), stat, sparsity), args.repeats)
+                for peer, fn in peers[method].items():
+                    row[f"{peer}_ms"] = best_of(lambda: fn(linear, gram, norm), args.repeats)
+                rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    def cell(value: Any) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--methods", default="magnitude,wanda,sparsegpt,admm")
+    parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--ppl-tokens", type=int, default=None, help="limit the WikiText-2 test tokens (default: all)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--reference-root", default=None, help="folder with sparsegpt/ and admm-pruning/ checkouts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per matrix in table 2 (fastest is reported)")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="only table 2")
+    args = parser.parse_args()
+
+    print(f"model {args.model}, sparsity {args.sparsity}, calibration {args.nsamples} x {args.seqlen} C4 tokens, "
+          f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
+    if not args.skip_end_to_end:
+        context = multiprocessing.get_context("spawn")
+        rows = []
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            dense = pool.submit(dense_perplexity, args).result()
+            for method in args.methods.split(","):
+                rows.append(pool.submit(prune_and_measure, method, args).result())
+        print(f"\nTable 1: end to end (dense WikiText-2 perplexity {dense:.2f})\n")
+        print_table(rows, ["method", "total_s", "forward_s", "math_s", "accumulate_s", "peak_rss_mb", "sparsity", "ppl"])
+    print("\nTable 2: per-matrix math on layer 0's real statistics (ms, fastest of --repeats)\n")
+    print_table(matrix_timings(args), ["matrix", "method", "ours_ms", "reference_ms", "llmcompressor_ms"])
+
+
+if __name__ == "__main__":
+    main()
