@@ -10,6 +10,7 @@ Table 2 times the per-matrix math alone on identical inputs (the real statistics
 layer 0): ours against llmcompressor (if installed) and against the reference implementations
 if `--reference-root` points at a folder holding checkouts of IST-DASLab/sparsegpt (as
 `sparsegpt/`) and fmfi-compbio/admm-pruning (as `admm-pruning/`); nothing of theirs is vendored.
+Table 3 isolates the cubic steps: the inverse factor of SparseGPT and the inverse of ADMM.
 
     python benchmarks/layerwise.py --nsamples 32 --seqlen 512 [--reference-root DIR]
 """
@@ -42,7 +43,7 @@ from harness.registry import get_pruner
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, find_linears
 from methods.admm import ADMMPruner
-from methods.sparsegpt import SparseGPTPruner
+from methods.sparsegpt import SparseGPTPruner, inverse_hessian_factor
 from methods.wanda import WandaPruner
 
 
@@ -58,7 +59,7 @@ def _calibration(tokenizer: Any, args: argparse.Namespace) -> torch.Tensor:
 
 
 def _perplexity(model: nn.Module, tokenizer: Any, args: argparse.Namespace) -> float:
-    windows = wikitext2_windows(tokenizer, args.seqlen, args.ppl_tokens, needs_bos_per_window(model), args.data_dir)
+    windows = wikitext2_windows(tokenizer, args.seqlen, args.ppl_tokens or None, needs_bos_per_window(model), args.data_dir)
     return window_perplexity(model, windows, batch_size=args.batch_size)
 
 
@@ -94,7 +95,10 @@ def dense_perplexity(args: argparse.Namespace) -> float:
 # ------------------------------------------------------------------ per-matrix math ------------
 
 
-def layer0_statistics(args: argparse.Namespace) -> dict[str, tuple[nn.Linear, GramAccumulator, InputNormAccumulator]]:
+Statistics = dict[str, tuple[nn.Linear, GramAccumulator, InputNormAccumulator]]
+
+
+def layer0_statistics(args: argparse.Namespace) -> Statistics:
     """Weights, Gram matrices and input norms of decoder layer 0's linears on the calibration set."""
     model, tokenizer = _load(args)
     engine = LayerwiseEngine(model, _calibration(tokenizer, args), batch_size=args.batch_size)
@@ -144,10 +148,9 @@ def _load_module(name: str, path: Path) -> Any:
     return module
 
 
-def matrix_timings(args: argparse.Namespace) -> list[dict[str, Any]]:
+def matrix_timings(args: argparse.Namespace, stats: Statistics) -> list[dict[str, Any]]:
     """Table 2: per-matrix math of each implementation on the same weight and statistics."""
     sparsity = Sparsity.parse(args.sparsity)
-    stats = layer0_statistics(args)
     ours = {"wanda": WandaPruner(), "sparsegpt": SparseGPTPruner(), "admm": ADMMPruner()}
     peers: dict[str, dict[str, Callable[[nn.Linear, GramAccumulator, InputNormAccumulator], Any]]] = {
         "wanda": {}, "sparsegpt": {}, "admm": {}
@@ -197,6 +200,34 @@ def matrix_timings(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def inverse_timings(args: argparse.Namespace, stats: Statistics) -> list[dict[str, Any]]:
+    """Table 3: the cubic steps alone, on the damped real Gram of each distinct input width.
+    SparseGPT: the reference's chol -> cholesky_inverse -> chol(upper) against our one Cholesky
+    plus one triangular inverse. ADMM: the reference's LU inverse against our Cholesky +
+    cholesky_inverse, and per-iteration cholesky_solve against the matmul with that inverse."""
+    rows = []
+    grams = {gram.gram.shape[0]: gram.gram for _, gram, _ in stats.values()}
+    for n, gram in sorted(grams.items()):
+        H = gram + 0.01 * gram.diagonal().mean() * torch.eye(n, device=gram.device)
+        rhs = torch.randn(n, n, device=gram.device)
+        factor = torch.linalg.cholesky(H)
+        inverse = torch.cholesky_inverse(factor)
+
+        def reference_chain() -> torch.Tensor:
+            return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+
+        rows.append({
+            "n": n,
+            "sgpt_reference_ms": best_of(reference_chain, args.repeats),
+            "sgpt_ours_ms": best_of(lambda: inverse_hessian_factor(H), args.repeats),
+            "admm_reference_ms": best_of(lambda: torch.inverse(H), args.repeats),
+            "admm_ours_ms": best_of(lambda: torch.cholesky_inverse(torch.linalg.cholesky(H)), args.repeats),
+            "solve_per_iter_ms": best_of(lambda: torch.cholesky_solve(rhs, factor), args.repeats),
+            "matmul_per_iter_ms": best_of(lambda: inverse @ rhs, args.repeats),
+        })
+    return rows
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     def cell(value: Any) -> str:
         return f"{value:.2f}" if isinstance(value, float) else str(value)
@@ -216,7 +247,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--ppl-tokens", type=int, default=None, help="limit the WikiText-2 test tokens (default: all)")
+    parser.add_argument("--ppl-tokens", type=int, default=40000, help="WikiText-2 test tokens scored (0: all)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -238,7 +269,11 @@ def main() -> None:
         print(f"\nTable 1: end to end (dense WikiText-2 perplexity {dense:.2f})\n")
         print_table(rows, ["method", "total_s", "forward_s", "math_s", "accumulate_s", "peak_rss_mb", "sparsity", "ppl"])
     print("\nTable 2: per-matrix math on layer 0's real statistics (ms, fastest of --repeats)\n")
-    print_table(matrix_timings(args), ["matrix", "method", "ours_ms", "reference_ms", "llmcompressor_ms"])
+    stats = layer0_statistics(args)
+    print_table(matrix_timings(args, stats), ["matrix", "method", "ours_ms", "reference_ms", "llmcompressor_ms"])
+    print("\nTable 3: the inverse steps alone (ms; right-hand side n x n for the ADMM iteration)\n")
+    columns = ["n", "sgpt_reference_ms", "sgpt_ours_ms", "admm_reference_ms", "admm_ours_ms", "solve_per_iter_ms", "matmul_per_iter_ms"]
+    print_table(inverse_timings(args, stats), columns)
 
 
 if __name__ == "__main__":

@@ -79,8 +79,10 @@ class InputStatistics:
 
     def _hook(self, name: str) -> Callable[[nn.Module, tuple, torch.Tensor], None]:
         def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            start = time.perf_counter()
             x = args[0]
+            if x.is_cuda:  # time this hook's kernels only, not the layer's queued before it
+                torch.cuda.synchronize(x.device)
+            start = time.perf_counter()
             shared = self._last is not None and self._last[0] is x
             if name not in self.stats:
                 self.stats[name] = self._last[1] if shared else self.factory(module)

@@ -124,7 +124,7 @@ class LayerwiseEngine:
                     shape = (self.calibration.shape[0], *hidden.shape[1:])
                     self.hidden = torch.empty(shape, dtype=torch.float32, device=self.buffer_device)
                 self.hidden[current].copy_(hidden)
-            self.calls[index].setdefault(hidden.shape[0], (args, kwargs))
+            self.calls[index].setdefault(current.stop - current.start, (args, kwargs))
             if index == last:
                 raise _StopForward
             return hidden

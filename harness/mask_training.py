@@ -169,7 +169,10 @@ class Schedule:
 
 
 class _RelaxedMaskedWeight(torch.autograd.Function):
-    """(W ⊙ m, Σm, ‖W⊙m‖_F) with m = σ((s·θ + L)/τ); the gradient flows to θ only."""
+    """(W ⊙ m, Σm, ‖W⊙m‖_F) with m = σ((s·θ + L)/τ); the gradient flows to θ only.
+
+    The backward is three passes over the weights: with g the gradient of W⊙m, k = s/τ and c the
+    gradient of the norm divided by the norm, ∂/∂θ = k·(∂Σm + W⊙g + c·W⊙(W⊙m))·m(1 − m)."""
 
     @staticmethod
     def forward(ctx, logits, weight, scale, tau, generator):  # noqa: D102 (autograd signature)
@@ -177,25 +180,23 @@ class _RelaxedMaskedWeight(torch.autograd.Function):
         mask.logit_(eps=_UNIFORM_EPS).add_(logits, alpha=scale).div_(tau).sigmoid_()
         masked = weight * mask  # float32 (type promotion) even for a bf16 weight
         norm = torch.linalg.vector_norm(masked)
-        ctx.save_for_backward(weight, mask, norm)
+        masked = masked.to(weight.dtype)  # the tensor F.linear saves anyway: saving it here is free
+        ctx.save_for_backward(weight, mask, masked, norm)
         ctx.factor = scale / tau
         ctx.set_materialize_grads(False)
-        return masked.to(weight.dtype), mask.sum(), norm
+        return masked, mask.sum(), norm
 
     @staticmethod
     def backward(ctx, grad_masked, grad_sum, grad_norm):  # noqa: D102
-        weight, mask, norm = ctx.saved_tensors
+        weight, mask, masked, norm = ctx.saved_tensors
+        factor = ctx.factor
+        base = (grad_sum if grad_sum is not None else mask.new_zeros(())).float() * factor
         if grad_masked is None:
             grad_masked = torch.zeros_like(mask)
-        # ∂/∂(W⊙m) of the linear's output and of the norm, then the chain rule through W⊙m.
-        coef = float(grad_norm / norm) if grad_norm is not None and norm > 0 else 0.0
-        grad = torch.addcmul(grad_masked.float(), weight, mask, value=coef)
-        grad.mul_(weight)
-        if grad_sum is not None:
-            grad.add_(grad_sum)
-        grad.mul_(mask).addcmul_(grad, mask, value=-1.0)  # σ'(z) = m(1 − m), in place
-        grad.mul_(ctx.factor)  # ∂z/∂θ = s/τ
-        return grad, None, None, None, None
+        grad = torch.addcmul(base, grad_masked.float(), weight, value=factor)
+        if grad_norm is not None and norm > 0:
+            grad.addcmul_(masked, weight, value=factor * float(grad_norm / norm))
+        return torch.ops.aten.sigmoid_backward(grad, mask), None, None, None, None  # ⊙ m(1 − m)
 
 
 def sample_masked_weight(
@@ -501,7 +502,7 @@ def train_masks(
     params = masks.parameters()
     device = params[0].device
     autocast = config.autocast_bf16 if config.autocast_bf16 is not None else device.type == "cuda"
-    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0, fused=True)
     schedule = Schedule(budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end))
     start, curve, seconds_before = 0, [], 0.0
     if resume is not None:

@@ -81,19 +81,19 @@ class ADMMPruner(LayerwisePruner):
         norm = XX.diagonal().sqrt() + 1e-8
         XX /= norm[:, None]
         XX /= norm[None, :]
-        W = (weight * norm).T.contiguous()
-        diagonal = XX.diagonal()
-        diagonal += cfg.percdamp * diagonal.mean()
+        XX.diagonal().add_(cfg.percdamp * XX.diagonal().mean())
+        W = (weight * norm).T.contiguous()  # W̃ [in x out]
 
-        if cfg.iterative_prune == 0 or cfg.iters == 0:
-            mask = self._mask(W.abs(), sparsity, None)
         if cfg.iters == 0:
-            return (W * mask).T / norm
-
+            return (W * self._mask(W.abs(), sparsity, None)).T / norm
+        if cfg.iterative_prune == 0:
+            mask = self._mask(W.abs(), sparsity, None)
         XY = XX @ W
-        diagonal += cfg.rho
-        XXinv = torch.cholesky_inverse(torch.linalg.cholesky(XX))
-        del XX, diagonal
+        XX.diagonal().add_(cfg.rho)
+        factor = torch.linalg.cholesky(XX)
+        del XX  # peak memory: two in x in matrices at a time
+        XXinv = torch.cholesky_inverse(factor)
+        del factor
         U = torch.zeros_like(W)
         for step in range(cfg.iters):
             if step < cfg.iterative_prune:

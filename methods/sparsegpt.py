@@ -16,6 +16,7 @@ dead inputs alone exceed the target ends up sparser than asked)."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -48,19 +49,19 @@ def inverse_hessian_factor(hessian: torch.Tensor) -> torch.Tensor:
     The reference computes chol(cholesky_inverse(chol(H)), upper): three cubic steps. With P the
     index reversal, P H P = L Lᵀ gives H⁻¹ = (P L⁻ᵀ P)(P L⁻¹ P), and P L⁻¹ P is upper triangular
     with a positive diagonal, hence the same unique factor."""
-    flipped = hessian.flip(0, 1)
-    lower = torch.linalg.cholesky(flipped)
+    lower = torch.linalg.cholesky(hessian.flip(0, 1))
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
-    return torch.linalg.solve_triangular(lower, eye, upper=False).flip(0, 1)
+    inverse = torch.linalg.solve_triangular(lower, eye, upper=False)
+    del lower, eye  # peak memory: four n x n matrices, H included
+    return inverse.flip(0, 1)
 
 
 def block_quotas(live: torch.Tensor, blocksize: int, prune_total: int) -> list[int]:
     """How many of `prune_total` entries each block of columns prunes among its live columns:
-    shares proportional to the live columns, rounded on the cumulative count so they sum exactly."""
-    cumulative = live.long().cumsum(0)
-    ends = cumulative[torch.arange(blocksize - 1, live.numel() + blocksize - 1, blocksize).clamp(max=live.numel() - 1)]
-    total = max(int(cumulative[-1]), 1)
-    bounds = [0] + [round(prune_total * int(end) / total) for end in ends]
+    shares proportional to the live columns, rounded on the running total so they sum exactly."""
+    per_block = [int(live[start : start + blocksize].sum()) for start in range(0, live.numel(), blocksize)]
+    total = max(sum(per_block), 1)
+    bounds = [0] + [round(prune_total * seen / total) for seen in itertools.accumulate(per_block)]
     return [b - a for a, b in zip(bounds, bounds[1:])]
 
 

@@ -12,6 +12,7 @@ import json
 import socket
 from pathlib import Path
 
+import datasets
 import lm_eval
 import pytest
 import torch
@@ -129,8 +130,6 @@ def hf_records(task: str, data: Path) -> dict[str, list[dict]]:
 def official_task(yaml_path: Path, records: dict[str, list[dict]]) -> ConfigurableTask:
     """The installed YAML untouched except for the data source (lm-eval's `custom_dataset` hook).
     Declared splits without local rows (train) get the eval rows: zero-shot never reads them."""
-    import datasets
-
     config = load_yaml(yaml_path, resolve_func=True)
     eval_rows = next(iter(records.values()))
     declared = {config.get(key) for key in ("training_split", "validation_split", "test_split")} - {None}
@@ -288,6 +287,7 @@ def test_evaluate_zeroshot_end_to_end_offline(tiny_lm, data_dir, no_network):
     assert result.info["lm_eval_version"] == lm_eval.__version__
     assert result.info["limit"] == 2 and result.info["num_fewshot"] == 0
     assert result.info["hellaswag"] == "exact-1000"
+    assert result.info["auto_batch_sizes"] == [16]  # memory-sized "auto" on CPU, capped at 16
 
 
 def _batch_rows(args: tuple, kwargs: dict) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import datasets
 import lm_eval
+import psutil
 from lm_eval.api.group import Group
 from lm_eval.models.huggingface import HFLM
 
@@ -26,10 +27,14 @@ SUITES: dict[str, list[str]] = {
     "leap6": ["mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"],
     "wanda7": ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"],
 }
-DEFAULT_BATCH_SIZE = 16
-"""Measured with benchmarks/eval_throughput.py on the 2-core CPU (SmolLM2-135M, float32): 16 is
-about 2x batch 1 and on par with 32; "auto" probes 64 sequences of the longest request and can
-exhaust host memory on CPU, where no OOM exception stops it."""
+DEFAULT_BATCH_SIZE = "auto"
+"""lm-eval's "auto": on GPU its OOM probe; on CPU (see `_InMemoryHFLM`) the largest batch, up to
+`CPU_MAX_BATCH_SIZE`, whose logits for the longest request fit in half the free memory."""
+CPU_MAX_BATCH_SIZE = 16
+"""benchmarks/eval_throughput.py on the 2-core CPU, SmolLM2-135M float32: batch 16 is 2-4x faster
+than batch 1 and a little faster than 8; lm-eval's own probe (64 rows of the longest request) took
+12.5 GB and 13 minutes for 57 MMLU questions, since nothing raises OOM on CPU to stop it."""
+_CPU_MEMORY_FRACTION = 0.5
 
 PRIMARY_METRIC = "acc"
 _METRICS = ("acc", "acc_norm")
@@ -66,7 +71,8 @@ class ZeroShotResult:
 
 
 class _InMemoryHFLM(HFLM):
-    """HFLM whose progress bar follows the caller's `progress` flag (simple_evaluate has none)."""
+    """HFLM with a memory-safe "auto" batch size on CPU, and a progress bar that follows the
+    caller's `progress` flag (simple_evaluate has none)."""
 
     def __init__(self, *args: Any, progress: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -74,6 +80,17 @@ class _InMemoryHFLM(HFLM):
 
     def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not self.progress)
+
+    def _detect_batch_size(self, requests: list | None = None, pos: int = 0) -> int:
+        """Rows whose float32 logits and log-softmax (2 x length x vocab each) fit in half the free
+        memory, for the longest request (lm-eval sorts them longest first); no trial forwards."""
+        if self.device.type != "cpu":
+            return super()._detect_batch_size(requests, pos)
+        length = self.max_length if requests is None else len(requests[pos][1]) + len(requests[pos][2])
+        vocab = self.model.get_output_embeddings().weight.shape[0]
+        row_bytes = 2 * min(length, self.max_length) * vocab * 4
+        fit = int(psutil.virtual_memory().available * _CPU_MEMORY_FRACTION // row_bytes)
+        return max(1, min(self.max_batch_size, fit))
 
 
 def evaluate_zeroshot(
@@ -98,7 +115,14 @@ def evaluate_zeroshot(
         datasets.disable_progress_bars()
     try:
         built = {name: build_task(name, Path(data_dir), hellaswag) for name in names}
-        lm = _InMemoryHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, progress=progress)
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        lm = _InMemoryHFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=batch_size,
+            max_batch_size=CPU_MAX_BATCH_SIZE if on_cpu else 64,  # 64: lm-eval's default
+            progress=progress,
+        )
         start = time.perf_counter()
         # Seeds None: scoring is deterministic, and the caller's global RNG streams stay untouched.
         output = lm_eval.simple_evaluate(
@@ -134,6 +158,7 @@ def evaluate_zeroshot(
         "limit": limit,
         "num_fewshot": max(output["n-shot"].values()),
         "batch_size": batch_size,
+        "auto_batch_sizes": list(lm.batch_sizes.values()),
         "hellaswag": HELLASWAG_VARIANTS[hellaswag] if "hellaswag" in names else None,
         "mmlu_aggregate": "lm-eval group mean weighted by subject size" if "mmlu" in names else None,
         "primary_metric": PRIMARY_METRIC,
