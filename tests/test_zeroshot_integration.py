@@ -13,7 +13,7 @@ from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from methods.magnitude import MagnitudePruner
 
-LIMIT = 40
+LIMIT = 30
 MMLU_LIMIT = 1
 CHANCE = {"piqa": 0.5, "arc_easy": 0.25}
 
