@@ -74,7 +74,7 @@ def _cli_value(name: str, value):
 @click.option("--seqlen", type=int, default=None, help="Calibration and perplexity window length [default: 2048 on GPU, 512 on CPU].")
 @click.option("--ppl-tokens", type=int, default=None, help="Limit the WikiText-2 tokens [default: all].")
 @click.option("--tasks", default="leap6", show_default=True, help="Zero-shot suites/tasks (leap6, wanda7, piqa, ...) or 'none'.")
-@click.option("--limit", type=int, default=None, help="Items per task (per MMLU subject) [default: all on GPU, 100 on CPU].")
+@click.option("--limit", type=int, default=None, help="Items per task (per MMLU subject) [default: all on GPU, 20 on CPU].")
 @click.option("--eval-batch-size", default=None, help="lm-eval batch size (integer or 'auto').")
 @click.option("--hellaswag", type=click.Choice(["exact", "normalized"]), default="exact", show_default=True, help="HellaSwag data: 1000 exact lm-eval items or all 10042 normalized.")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")

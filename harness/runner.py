@@ -67,7 +67,7 @@ class RunSettings:
             dtype=str(resolve_dtype(self.dtype, device)).removeprefix("torch."),
             nsamples=self.nsamples if self.nsamples is not None else (128 if on_gpu else 32),
             seqlen=self.seqlen if self.seqlen is not None else (2048 if on_gpu else 512),
-            limit=self.limit if self.limit is not None or on_gpu else 100,
+            limit=self.limit if self.limit is not None or on_gpu else 20,
         )
 
 
