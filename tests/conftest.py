@@ -3,10 +3,16 @@ bundled SmolLM2 (slow tests only)."""
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from harness.data import default_data_dir
+# No hub is reachable here: fail a hub lookup at once instead of after network retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from harness.data import default_data_dir  # noqa: E402
 
 
 def tiny_llama(seed: int = 0, layers: int = 2):
