@@ -96,9 +96,10 @@ class ADMMPruner(LayerwisePruner):
         del factor
         U = torch.zeros_like(W)
         for step in range(cfg.iters):
+            V = W + U
             if step < cfg.iterative_prune:
-                mask = self._mask((W + U).abs(), sparsity, step)
-            Z = (W + U) * mask
-            U += W - Z
+                mask = self._mask(V.abs(), sparsity, step)
+            Z = V * mask
+            U = V - Z  # U + W̃ − Z
             W = XXinv @ (XY + cfg.rho * (Z - U))
         return ((W + U) * mask).T / norm
