@@ -43,7 +43,7 @@ class InputNormAccumulator(Accumulator):
         self.sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
 
     def _add(self, x: torch.Tensor) -> None:
-        self.sq_sum += torch.linalg.vector_norm(x, dim=0).square()
+        self.sq_sum += x.square().sum(dim=0)
 
     def norms(self) -> torch.Tensor:
         return self.sq_sum.sqrt()
