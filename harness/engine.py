@@ -90,7 +90,9 @@ class LayerwiseEngine:
         progress: bool = False,
     ) -> None:
         if calibration.dim() != 2 or calibration.dtype != torch.long:
-            raise HarnessError(f"calibration must be token ids [nsamples, seqlen], got {calibration.dtype} {tuple(calibration.shape)}")
+            raise HarnessError(
+                f"calibration must be token ids [nsamples, seqlen], got {calibration.dtype} {tuple(calibration.shape)}"
+            )
         self.model = model
         self.layers = decoder_layers(model)
         self.calibration = calibration
@@ -136,7 +138,9 @@ class LayerwiseEngine:
                 except _StopForward:
                     pass
         if self.hidden is None or not self.calls[last]:
-            raise HarnessError(f"{type(self.model).__name__} did not call all its decoder layers; cannot prune it layer by layer")
+            raise HarnessError(
+                f"{type(self.model).__name__} did not call all its decoder layers; cannot prune it layer by layer"
+            )
         self.capture_seconds += time.perf_counter() - start_time
 
     @torch.no_grad()

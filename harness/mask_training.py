@@ -544,9 +544,11 @@ def train_masks(
                 for key, value in (("loss", loss), ("ce", out.loss), ("density", density), ("kept", kept)):
                     totals[key] += value.item() / budget.grad_accum
                 del out, loss
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm if config.max_grad_norm > 0 else math.inf)
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
             if not torch.isfinite(grad_norm):
                 raise HarnessError(f"LEAP training diverged at step {step}: the gradient norm is {grad_norm.item()}; lower leap.lr")
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             point = {

@@ -8,11 +8,11 @@ weights), then each column is zeroed where masked and its error (w − q)/U_jj i
 the later columns of the block; after the block, the accumulated errors update all later
 columns in one matmul (the lazy batch update).
 
-Exact sparsity. The reference drops int(numel·s)+1 entries per block (a `<=` threshold); here the
-matrix's round(numel·s) zeros are shared out over the blocks in proportion to their width, so
-each matrix hits its target exactly. Dead-input weights are zero as in the reference and count
-towards that total: they are masked first, and the other entries make up the rest (a matrix whose
-dead inputs alone exceed the target ends up sparser than asked)."""
+Exact sparsity. The reference drops int(numel·s)+1 entries per block (a `<=` threshold); here
+the matrix's round(numel·s) zeros are shared out over the blocks in proportion to their live
+columns, so each matrix hits its target exactly. Dead-input weights are zero as in the reference
+and count towards that total: they are masked first, and the other entries make up the rest (a
+matrix whose dead inputs alone exceed the target ends up sparser than asked)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,9 @@ class SparseGPTPruner(LayerwisePruner):
         try:
             Hinv = inverse_hessian_factor(H)
         except torch.linalg.LinAlgError:
-            raise HarnessError("sparsegpt: the damped Hessian is not positive definite; raise sparsegpt.percdamp") from None
+            raise HarnessError(
+                "sparsegpt: the damped Hessian is not positive definite; raise sparsegpt.percdamp"
+            ) from None
         del H
 
         blocksize = self.config.blocksize

@@ -61,7 +61,8 @@ def test_sparsegpt_masks_and_errors_agree(problem, spec):
     # llmcompressor's Hessian is 2/n XᵀX; SparseGPT is invariant to that scale, so pass the same.
     hessians = {linear: 2 * gram.gram.clone() / TOKENS}
     _, theirs = sgpt_sparsify.sparsify_weight(
-        linear, hessians, sparsity.ratio, *nm_args(sparsity), block_size=128, dampening_frac=0.01, preserve_sparsity_mask=False
+        linear, hessians, sparsity.ratio, *nm_args(sparsity),
+        block_size=128, dampening_frac=0.01, preserve_sparsity_mask=False,
     )
     theirs = theirs.detach()
     ours = SparseGPTPruner().prune_matrix(linear.weight.detach().clone(), gram, sparsity)

@@ -5,10 +5,11 @@ its hooks must accumulate exactly XᵀX and ‖X_j‖ of each linear's inputs.""
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
-from tests.conftest import tiny_gemma3, tiny_llama
 
 from harness.accumulators import GramAccumulator, InputNormAccumulator, InputStatistics
 from harness.engine import LayerwiseEngine
@@ -17,6 +18,7 @@ from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, find_linears
 from methods.wanda import WandaPruner
+from tests.conftest import tiny_gemma3, tiny_llama
 
 
 @torch.no_grad()
@@ -41,7 +43,25 @@ def model_layer_states(model: torch.nn.Module, ids: torch.Tensor) -> list[torch.
     return [s.float() for s in states]
 
 
-def engine_layer_states(model: torch.nn.Module, ids: torch.Tensor, batch_size: int, offload: bool = True) -> list[torch.Tensor]:
+@contextmanager
+def recorded_inputs(linears: dict[str, torch.nn.Linear]) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """The inputs each linear sees inside the block, as [tokens, in_features] chunks."""
+    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
+
+    def hook(name: str):
+        return lambda module, args, output: inputs[name].append(args[0].reshape(-1, args[0].shape[-1]))
+
+    handles = [linear.register_forward_hook(hook(name)) for name, linear in linears.items()]
+    try:
+        yield inputs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def engine_layer_states(
+    model: torch.nn.Module, ids: torch.Tensor, batch_size: int, offload: bool = True
+) -> list[torch.Tensor]:
     engine = LayerwiseEngine(model, ids, batch_size=batch_size, offload=offload)
     states: list[torch.Tensor] = []
     for _index, _layer in engine.steps():
@@ -82,7 +102,8 @@ def test_gemma3_layers_get_their_own_attention_arguments():
 def test_activations_on_model_device_match_offloaded():
     model = tiny_llama()
     ids = torch.randint(0, 256, (3, 16), generator=torch.Generator().manual_seed(3))
-    for a, b in zip(engine_layer_states(model, ids, 2, offload=True), engine_layer_states(model, ids, 2, offload=False)):
+    offloaded = engine_layer_states(model, ids, 2, offload=True)
+    for a, b in zip(offloaded, engine_layer_states(model, ids, 2, offload=False)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
@@ -93,17 +114,10 @@ def test_statistics_match_direct_computation_and_share_identical_inputs():
     engine.capture()
     layer = decoder_layers(model)[0]
     linears = find_linears(layer)
-    inputs: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
-    handles = [
-        linear.register_forward_hook(lambda m, args, out, name=name: inputs[name].append(args[0].reshape(-1, args[0].shape[-1])))
-        for name, linear in linears.items()
-    ]
     grams = InputStatistics(linears, lambda linear: GramAccumulator(linear.in_features, linear.weight.device))
     norms = InputStatistics(linears, lambda linear: InputNormAccumulator(linear.in_features, linear.weight.device))
-    with grams.hooked(), norms.hooked():
+    with recorded_inputs(linears) as inputs, grams.hooked(), norms.hooked():
         engine.forward(0)
-    for handle in handles:
-        handle.remove()
     for name in linears:
         x = torch.cat(inputs[name]).double()
         torch.testing.assert_close(grams.stats[name].gram.double(), x.T @ x, rtol=1e-5, atol=1e-4)

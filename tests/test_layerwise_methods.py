@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+
 from harness.accumulators import GramAccumulator, InputNormAccumulator
 from harness.engine import LayerwiseEngine
 from harness.errors import HarnessError
@@ -19,6 +20,7 @@ from methods.admm import ADMMPruner
 from methods.sparsegpt import SparseGPTPruner, block_quotas, inverse_hessian_factor
 from methods.wanda import WandaPruner
 from tests.conftest import tiny_gemma3, tiny_llama
+from tests.test_engine import recorded_inputs
 
 LAYERWISE = [WandaPruner, SparseGPTPruner, ADMMPruner]
 
@@ -212,14 +214,8 @@ def smollm2_layer_inputs(smollm2, data_dir):
     for index, layer in engine.steps(4):
         if index == 3:
             linears = find_linears(layer)
-            inputs: dict[str, list[torch.Tensor]] = {name: [] for name in linears}
-            handles = [
-                lin.register_forward_hook(lambda m, args, out, name=name: inputs[name].append(args[0].reshape(-1, args[0].shape[-1])))
-                for name, lin in linears.items()
-            ]
-            engine.forward(index)
-            for handle in handles:
-                handle.remove()
+            with recorded_inputs(linears) as inputs:
+                engine.forward(index)
             return {name: (linears[name].weight.detach().clone(), torch.cat(xs)) for name, xs in inputs.items()}
 
 
