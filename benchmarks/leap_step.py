@@ -87,7 +87,7 @@ def markdown_table(results: dict[str, list[dict]], args: argparse.Namespace) -> 
         "| step | s/step (median) | runs (medians) | peak RSS (MB) | vs dense |",
         "|---|---|---|---|---|",
     ]
-    for side, label in (("dense", "dense fine-tuning (all parameters, AdamW)"), ("leap", "LEAP (masks on targeted linears, AdamW on logits)")):
+    for side, label in (("dense", "dense fine-tuning (all parameters, fused AdamW, clip 1.0)"), ("leap", "LEAP (relaxed masks on the targeted linears, fused AdamW on the logits)")):
         medians = [r["median"] for r in results[side]]
         seconds = statistics.median(medians)
         rss = max(r["peak_rss_mb"] for r in results[side])
