@@ -211,28 +211,44 @@ class LayerwisePruner(Pruner):
     def prune_matrix(self, weight: torch.Tensor, stats: Accumulator, sparsity: Sparsity) -> torch.Tensor:
         """The pruned weight [out, in]. `weight` is a float32 copy the method may overwrite."""
 
-    @torch.no_grad()
+    def prune_named(self, name: str, weight: torch.Tensor, stats: Accumulator, sparsity: Sparsity) -> torch.Tensor:
+        """`prune_matrix` for the targeted linear called `name`; override to use per-matrix state
+        (e.g. a mask fixed in advance)."""
+        return self.prune_matrix(weight, stats, sparsity)
+
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
-        engine = LayerwiseEngine(model, ctx.calibration, self.config.batch_size, self.config.offload, ctx.progress)
-        per_layer = _targets_per_layer(engine.layers, ctx.targets(model))
+        return self.prune_linears(model, ctx.targets(model), ctx.calibration, sparsity, ctx.progress)
+
+    @torch.no_grad()
+    def prune_linears(
+        self,
+        model: nn.Module,
+        linears: dict[str, nn.Linear],
+        calibration: torch.Tensor,
+        sparsity: Sparsity,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """The sequential loop over decoder layers for the given linears (named as in `model`)."""
+        engine = LayerwiseEngine(model, calibration, self.config.batch_size, self.config.offload, progress)
+        per_layer = _targets_per_layer(engine.layers, linears)
         accumulate_seconds = prune_seconds = 0.0
         with _ieee_float32():
             for index, layer in engine.steps(max(per_layer) + 1):
-                linears = per_layer.get(index)
-                if not linears:
+                layer_linears = per_layer.get(index)
+                if not layer_linears:
                     continue
-                statistics = InputStatistics(linears, self.accumulator)
+                statistics = InputStatistics(layer_linears, self.accumulator)
                 with statistics.hooked():
                     engine.forward(index)
                 accumulate_seconds += statistics.seconds
-                for name, linear in linears.items():
+                for name, linear in layer_linears.items():
                     if name not in statistics.stats:
                         raise HarnessError(f"{name} received no calibration input; exclude it with --target")
                     device = linear.weight.device
                     _sync(device)
                     start = time.perf_counter()
                     weight = linear.weight.detach().to(torch.float32, copy=True)
-                    linear.weight.copy_(self.prune_matrix(weight, statistics.stats[name], sparsity))
+                    linear.weight.copy_(self.prune_named(name, weight, statistics.stats[name], sparsity))
                     _sync(device)
                     prune_seconds += time.perf_counter() - start
         return {
@@ -240,7 +256,7 @@ class LayerwisePruner(Pruner):
             "forward_seconds": round(engine.forward_seconds - accumulate_seconds, 3),
             "accumulate_seconds": round(accumulate_seconds, 3),
             "prune_math_seconds": round(prune_seconds, 3),
-            "calibration_shape": list(ctx.calibration.shape),
+            "calibration_shape": list(calibration.shape),
         }
 
 

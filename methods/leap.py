@@ -26,9 +26,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from harness.accumulators import InputStatistics
 from harness.data import c4_windows
-from harness.engine import LayerwiseEngine, _targets_per_layer
 from harness.errors import HarnessError
 from harness.mask_training import (
     BlockWindows,
@@ -69,10 +67,17 @@ class _FixedMaskADMM(ADMMPruner):
     """ADMM's layer reconstruction with the mask given instead of selected (`iterative_prune=0`
     makes ADMM ask for its mask once, before the updates)."""
 
-    keep: torch.Tensor  # [out, in], set per matrix
+    def __init__(self, keep: dict[str, torch.Tensor]) -> None:
+        super().__init__(iterative_prune=0)
+        self.keep = keep  # [out, in] boolean per targeted linear name
+        self._current: torch.Tensor | None = None
+
+    def prune_named(self, name: str, weight: torch.Tensor, stats: Any, sparsity: Sparsity) -> torch.Tensor:
+        self._current = self.keep[name].to(weight.device)
+        return self.prune_matrix(weight, stats, sparsity)
 
     def _mask(self, scores: torch.Tensor, sparsity: Sparsity, step: int | None) -> torch.Tensor:
-        return self.keep.T
+        return self._current.T
 
 
 class LEAPPruner(Pruner):
@@ -189,20 +194,8 @@ class LEAPPruner(Pruner):
         if ctx.calibration is None:
             raise HarnessError("leap.refit needs calibration data; pass --nsamples > 0")
         start = time.perf_counter()
-        admm = _FixedMaskADMM(iterative_prune=0)
-        engine = LayerwiseEngine(model, ctx.calibration, admm.config.batch_size, admm.config.offload, ctx.progress)
-        per_layer = _targets_per_layer(engine.layers, linears)
-        for index, _ in engine.steps(max(per_layer) + 1):
-            layer_linears = per_layer.get(index)
-            if not layer_linears:
-                continue
-            statistics = InputStatistics(layer_linears, admm.accumulator)
-            with statistics.hooked():
-                engine.forward(index)
-            for name, linear in layer_linears.items():
-                admm.keep = keep[name].to(linear.weight.device)
-                weight = linear.weight.detach().to(torch.float32, copy=True)
-                linear.weight.copy_(admm.prune_matrix(weight, statistics.stats[name], sparsity))
+        admm = _FixedMaskADMM(keep)
+        admm.prune_linears(model, linears, ctx.calibration, sparsity, ctx.progress)
         return {"seconds": round(time.perf_counter() - start, 2), "solver": "admm", "admm": admm.config.to_dict()}
 
 

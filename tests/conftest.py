@@ -15,20 +15,22 @@ import torch  # noqa: E402
 from harness.data import default_data_dir  # noqa: E402
 
 
+# Shared by the tiny configs: small enough for milliseconds per forward, with grouped-query attention.
+TINY_SIZES = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=256,
+    max_position_embeddings=256,
+)
+
+
 def tiny_llama(seed: int = 0, layers: int = 2):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=256,
-        max_position_embeddings=256,
-    )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(LlamaConfig(num_hidden_layers=layers, **TINY_SIZES)).eval()
 
 
 def tiny_gemma3(seed: int = 0, layers: int = 3):
@@ -37,15 +39,10 @@ def tiny_gemma3(seed: int = 0, layers: int = 3):
 
     torch.manual_seed(seed)
     config = Gemma3TextConfig(
-        hidden_size=64,
-        intermediate_size=128,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         head_dim=16,
-        vocab_size=256,
-        max_position_embeddings=256,
         sliding_window=8,
+        **TINY_SIZES,
         layer_types=["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(layers)],
     )
     return Gemma3ForCausalLM(config).eval()

@@ -172,12 +172,15 @@ def test_unreadable_record_is_a_clear_error(monkeypatch, capsys, tmp_path, model
 
 
 def test_cli_run_prints_summary(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    """The CLI path with every default that a user leaves alone, the data root included."""
     code, out, _ = _cli(
-        monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--sparsity", "0.5",
+        monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "piqa", "--limit", "2", "--sparsity", "0.5",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report",
     )
     assert code == 0
     assert "wikitext2_ppl" in out and "magnitude" in out and "dense" in out
+    records = [json.loads(path.read_text()) for path in tmp_path.rglob("*.json")]
+    assert len(records) == 2 and all(record["metrics"]["piqa_acc"] >= 0 for record in records)
 
 
 def test_list_names_methods_models_suites(monkeypatch, capsys):

@@ -19,6 +19,7 @@ import psutil
 from lm_eval.api.group import Group
 from lm_eval.models.huggingface import HFLM
 
+from harness.data import default_data_dir
 from harness.errors import HarnessError
 from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS
 from harness.evaluation.tasks.local_task import TASK_DIRS, build_task, task_manager
@@ -99,7 +100,7 @@ def evaluate_zeroshot(
     tokenizer: Any,
     tasks: list[str],
     *,
-    data_dir: Path,
+    data_dir: Path | None = None,
     limit: int | None = None,
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     hellaswag: str = "exact",
@@ -115,7 +116,7 @@ def evaluate_zeroshot(
     if not progress:
         datasets.disable_progress_bars()
     try:
-        built = {name: build_task(name, Path(data_dir), hellaswag) for name in names}
+        built = {name: build_task(name, Path(data_dir) if data_dir else default_data_dir(), hellaswag) for name in names}
         on_cpu = next(model.parameters()).device.type == "cpu"
         lm = _InMemoryHFLM(
             pretrained=model,
