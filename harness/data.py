@@ -56,6 +56,19 @@ def wikitext2_text(data_dir: Path | None = None) -> str:
     return "\n\n".join(row["text"] for row in rows)
 
 
+def as_windows(ids: torch.Tensor | list[int], seqlen: int, bos_id: int | None = None) -> torch.Tensor:
+    """Non-overlapping windows [n, seqlen] cut from a token stream (the tail is dropped). With
+    `bos_id` every window is that token then seqlen − 1 stream tokens: Gemma models need <bos>
+    first in every window, for perplexity and for calibration activations alike."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    step = seqlen - 1 if bos_id is not None else seqlen
+    n = ids.numel() // step
+    windows = ids[: n * step].view(n, step)
+    if bos_id is not None:
+        windows = torch.cat([torch.full((n, 1), bos_id, dtype=torch.long), windows], dim=1)
+    return windows
+
+
 def c4_windows(
     tokenizer,
     nsamples: int,
@@ -63,6 +76,7 @@ def c4_windows(
     seed: int = 0,
     split: Literal["calibration", "train"] = "calibration",
     data_dir: Path | None = None,
+    bos_per_window: bool = False,
 ) -> torch.Tensor:
     """`nsamples` token windows of length `seqlen` from the C4 documents of one split.
 
@@ -75,7 +89,7 @@ def c4_windows(
     docs = c4_documents(data_dir)
     pool = list(docs[0::2] if split == "calibration" else docs[1::2])
     rng = random.Random(seed)
-    needed = nsamples * seqlen
+    needed = nsamples * (seqlen - 1 if bos_per_window else seqlen)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     stream: list[int] = []
     while len(stream) < needed:
@@ -86,4 +100,4 @@ def c4_windows(
             stream.append(eos)
             if len(stream) >= needed:
                 break
-    return torch.tensor(stream[:needed], dtype=torch.long).view(nsamples, seqlen)
+    return as_windows(stream[:needed], seqlen, tokenizer.bos_token_id if bos_per_window else None)

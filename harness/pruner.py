@@ -32,6 +32,7 @@ class PruneContext:
     seed: int = 0
     target_pattern: str | None = None
     workdir: Path | None = None  # for checkpoints of long-running methods
+    bos_per_window: bool = False  # training/calibration windows start with <bos> (Gemma)
     progress: bool = True
 
     def targets(self, model: nn.Module) -> dict[str, nn.Linear]:

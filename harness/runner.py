@@ -198,7 +198,9 @@ def _prune(cell, settings, identity, model, tokenizer, timings, log) -> dict[str
     start = time.perf_counter()
     calibration = None
     if pruner_cls.needs_calibration:
-        calibration = c4_windows(tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir)
+        calibration = c4_windows(
+            tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir, needs_bos_per_window(model)
+        )
     timings["calibrate"] = time.perf_counter() - start
     workdir = cell_path(cell, settings).with_suffix(".work")
     ctx = PruneContext(
@@ -209,6 +211,7 @@ def _prune(cell, settings, identity, model, tokenizer, timings, log) -> dict[str
         target_pattern=settings.target_pattern,
         workdir=workdir,
         progress=settings.progress,
+        bos_per_window=needs_bos_per_window(model),
     )
     torch.manual_seed(cell.seed)
     result = pruner.run(model, sparsity, ctx)

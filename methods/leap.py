@@ -95,7 +95,7 @@ class LEAPPruner(Pruner):
             raise HarnessError("leap needs the tokenizer to read its C4 training windows")
 
         def make(count: int, seed: int) -> torch.Tensor:
-            return c4_windows(ctx.tokenizer, count, budget.seqlen, seed, "train", ctx.data_dir)
+            return c4_windows(ctx.tokenizer, count, budget.seqlen, seed, "train", ctx.data_dir, ctx.bos_per_window)
 
         return BlockWindows(make, budget.sequences, ctx.seed)
 

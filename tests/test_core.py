@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from harness.config import PrunerConfig, build_config
+from harness.data import as_windows, c4_windows
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, lowest_mask_rows, nm_mask, prune_count
 from harness.pruner import PruneContext, Pruner
@@ -212,3 +213,26 @@ def test_count_zeros(tiny_model):
     per_layer, overall = count_zeros(linears)
     assert per_layer[next(iter(linears))] == pytest.approx(1 / first.weight.shape[0])
     assert 0 < overall < 0.1
+
+
+def test_windows_with_bos_keep_the_stream_order():
+    stream = list(range(10, 30))
+    plain = as_windows(stream, 5)
+    assert plain.tolist() == [stream[0:5], stream[5:10], stream[10:15], stream[15:20]]
+    with_bos = as_windows(stream, 5, bos_id=1)
+    assert with_bos[:, 0].tolist() == [1] * 5
+    assert with_bos[:, 1:].flatten().tolist() == stream  # 4 stream tokens a window, none skipped
+
+
+def test_c4_calibration_windows_start_with_bos_when_asked(tmp_path, data_dir):
+    from transformers import AutoTokenizer
+
+    from tests.helpers import tiny_model_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_folder(tmp_path))
+    tokenizer.bos_token = "<eos>"  # the tiny tokenizer's only special token stands in for <bos>
+    plain = c4_windows(tokenizer, 4, 16, seed=0, data_dir=data_dir)
+    with_bos = c4_windows(tokenizer, 4, 16, seed=0, data_dir=data_dir, bos_per_window=True)
+    assert plain.shape == with_bos.shape == (4, 16)
+    assert (with_bos[:, 0] == tokenizer.bos_token_id).all()
+    assert torch.equal(with_bos[:, 1:].flatten(), plain.flatten()[: 4 * 15])

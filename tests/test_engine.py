@@ -154,8 +154,7 @@ def test_dense_replay_on_bundled_models(alias, data_dir):
     from harness.models import load_model
 
     model, tokenizer = load_model(alias)
-    ids = c4_windows(tokenizer, 3, 640, seed=0, data_dir=data_dir)
-    ids[:, 0] = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else ids[:, 0]
+    ids = c4_windows(tokenizer, 3, 640, seed=0, data_dir=data_dir, bos_per_window=tokenizer.bos_token_id is not None)
     expected = model_layer_states(model, ids)
     got = engine_layer_states(model, ids, batch_size=2)
     for index, (a, b) in enumerate(zip(got, expected)):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.data import wikitext2_text
+from harness.data import as_windows, wikitext2_text
 
 
 @torch.no_grad()
@@ -44,10 +44,4 @@ def wikitext2_windows(
     ids = tokenizer(wikitext2_text(data_dir), return_tensors="pt", add_special_tokens=False).input_ids[0]
     if max_tokens is not None:
         ids = ids[:max_tokens]
-    step = seqlen - 1 if bos_per_window else seqlen
-    n = ids.numel() // step
-    windows = ids[: n * step].view(n, step)
-    if bos_per_window:
-        bos = torch.full((n, 1), tokenizer.bos_token_id, dtype=windows.dtype)
-        windows = torch.cat([bos, windows], dim=1)
-    return windows
+    return as_windows(ids, seqlen, tokenizer.bos_token_id if bos_per_window else None)
