@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -134,7 +135,8 @@ def summary_table(records: list[dict]) -> str:
 def _report(results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool) -> None:
     from harness.report import write_report
 
-    output = write_report(results, out, baseline=baseline, target=target, formats=formats, stderr=stderr)
+    command = shlex.join(["harness", *sys.argv[1:]])
+    output = write_report(results, out, baseline=baseline, target=target, formats=formats, stderr=stderr, command=command)
     for warning in output.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(output.main_markdown)

@@ -122,8 +122,10 @@ def write_report(
     formats: Sequence[str] = ("md", "latex"),
     stderr: bool = False,
     plots: bool = True,
+    command: str | None = None,
 ) -> ReportOutput:
-    """Write the report of every record under `results_dir` into `out_dir`.
+    """Write the report of every record under `results_dir` into `out_dir`; `command`, the
+    command line that made it, is quoted in the folder's README.md.
 
     Raises HarnessError for an unknown format, no readable record, or a baseline without records.
     """
@@ -151,7 +153,7 @@ def write_report(
         files += write_plots(results, out_dir)
     main_markdown = render_markdown(tables["main"])
     readme = out_dir / "README.md"
-    readme.write_text(_index(results_dir, len(records), baseline, target, files, warnings, main_markdown))
+    readme.write_text(_index(results_dir, len(records), baseline, target, files, warnings, main_markdown, command))
     return ReportOutput([*files, readme], main_markdown, warnings)
 
 
@@ -237,6 +239,7 @@ def _index(
     files: list[pathlib.Path],
     warnings: list[str],
     main_markdown: str,
+    command: str | None = None,
 ) -> str:
     """README.md of the report folder: what was read, which file holds what, the main table."""
     by_stem: dict[str, list[str]] = {}
@@ -247,6 +250,7 @@ def _index(
         "",
         f"{n_records} records from `{results_dir}`; baseline: **{baseline}**; target: **{target}**.",
         "",
+        *([f"Made with `{command}`.", ""] if command else []),
         "| Contents | Files |",
         "| :-- | :-- |",
         *(f"| {DESCRIPTIONS[stem]} | {', '.join(links)} |" for stem, links in by_stem.items()),

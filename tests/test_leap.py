@@ -228,6 +228,16 @@ def test_final_mask_has_exactly_the_target_sparsity(ratio):
     assert LOGIT_PARAM not in str([n for n, _ in model.named_parameters()])
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_bfloat16_model_trains_in_float32_logits_and_hits_the_sparsity(autocast):
+    """The GPU dtype on CPU: bf16 weights stay frozen, logits and their moments stay float32."""
+    model = tiny_llama().to(torch.bfloat16)
+    result = MarkovLEAP(**SMALL, autocast_bf16=autocast).run(model, Sparsity(0.5), context())
+    assert all(math.isfinite(point["loss"]) for point in result.stats["train_curve"])
+    assert result.realized_sparsity == pytest.approx(0.5, abs=1e-3)
+    assert all(linear.weight.dtype == torch.bfloat16 for linear in target_linears(model).values())
+
+
 def test_threshold_mode_reports_its_realized_sparsity():
     pruner = MarkovLEAP(**SMALL, final_mask="threshold")
     assert not pruner.exact_sparsity() and MarkovLEAP(**SMALL).exact_sparsity()

@@ -195,6 +195,8 @@ def test_cli_report_on_real_sweep_records(monkeypatch, capsys, tmp_path, model_d
     code, out, _ = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "dense", "--out", str(tmp_path / "rep"))
     assert code == 0
     assert "magnitude" in out and (tmp_path / "rep" / "main.md").exists() and (tmp_path / "rep" / "main.tex").exists()
+    index = (tmp_path / "rep" / "README.md").read_text()
+    assert f"Made with `harness report {tmp_path / 'res'} --baseline dense --out {tmp_path / 'rep'}`" in index
     code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "admm", "--out", str(tmp_path / "rep2"))
     assert code == 2 and "baseline method 'admm' has no records" in err
     code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "nothing"))
