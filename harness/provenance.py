@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,8 +20,11 @@ def package_versions() -> dict[str, str]:
     return found
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """HEAD of the harness checkout, with '+dirty' when the tree has uncommitted changes."""
+    """HEAD of the harness checkout, with '+dirty' when the tree has uncommitted changes. Read
+    once per process (the runner asks before the first cell): the code that runs is the code
+    loaded then, whatever is committed or edited while a long sweep goes on."""
     root = Path(__file__).resolve().parent.parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()

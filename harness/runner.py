@@ -289,6 +289,7 @@ def run_sweep(
     if executor not in EXECUTORS:
         raise HarnessError(f"unknown executor {executor!r}; use one of: {', '.join(EXECUTORS)}")
     settings = settings.resolved()
+    git_commit()  # read now, before a long sweep gives time for edits
     cells = plan_cells(settings)
     if cell_index is not None:
         if not 0 <= cell_index < len(cells):
