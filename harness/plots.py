@@ -70,17 +70,22 @@ def _vs_sparsity(results: Results, name: str, ylabel: str, *, scale: float, log:
         ax.set_title(model)
         if log:
             ax.set_yscale("log")
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="small", loc="best")
     axes[0].set_ylabel(ylabel)
     return figure
 
 
 def _training(records: list[dict]) -> Figure:
-    """One panel per logged quantity (loss, ce, density, tau, ...), one line per run."""
+    """One panel per logged quantity (loss, ce, density, tau, ...) in rows of three, one line per run."""
     curves = [(record, record["method_stats"]["train_curve"]) for record in records]
     keys = ordered({key for _, curve in curves for point in curve for key in point if key != "step"}, CURVE_KEYS)
-    figure = Figure(figsize=(3.5 * len(keys), 3.0), layout="constrained")
-    axes = figure.subplots(1, len(keys), squeeze=False)[0]
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    figure = Figure(figsize=(3.8 * columns, 2.8 * rows), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).flatten()
+    for unused in grid[len(keys) :]:
+        unused.set_visible(False)
+    axes = grid[: len(keys)]
     for record, curve in curves:
         label = f"{record['model']} {record.get('sparsity_label', record['sparsity'])} seed {record.get('seed', 0)}"
         for ax, key in zip(axes, keys, strict=True):
