@@ -112,7 +112,8 @@ def run(config_file: Path | None, sets: tuple[str, ...], force: bool, save_model
     if report and outcome.records:
         methods = {r["method"] for r in outcome.records}
         baseline = "admm" if "admm" in methods else "dense"
-        _report(settings.out, Path("reports") / "latest", baseline, "leap", ("md", "latex"), False)
+        # this sweep's records only: the out folder may hold other runs (e.g. committed references)
+        _report(settings.out, Path("reports") / "latest", baseline, "leap", ("md", "latex"), False, outcome.records)
     if outcome.failures:
         for failure in outcome.failures:
             click.echo(f"failed: {failure.cell.model} {failure.cell.method} {failure.cell.sparsity} seed={failure.cell.seed}: {failure.error}", err=True)
@@ -132,11 +133,13 @@ def summary_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _report(results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool) -> None:
+def _report(
+    results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool, records: list[dict] | None = None
+) -> None:
     from harness.report import write_report
 
     command = shlex.join(["harness", *sys.argv[1:]])
-    output = write_report(results, out, baseline=baseline, target=target, formats=formats, stderr=stderr, command=command)
+    output = write_report(results, out, baseline=baseline, target=target, formats=formats, stderr=stderr, command=command, records=records)
     for warning in output.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(output.main_markdown)

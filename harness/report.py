@@ -123,16 +123,17 @@ def write_report(
     stderr: bool = False,
     plots: bool = True,
     command: str | None = None,
+    records: list[dict] | None = None,
 ) -> ReportOutput:
-    """Write the report of every record under `results_dir` into `out_dir`; `command`, the
-    command line that made it, is quoted in the folder's README.md.
+    """Write the report of every record under `results_dir` (or of `records`, e.g. one sweep's)
+    into `out_dir`; `command`, the command line that made it, is quoted in the folder's README.md.
 
     Raises HarnessError for an unknown format, no readable record, or a baseline without records.
     """
     unknown = [name for name in formats if name not in SUFFIXES]
     if unknown:
         raise HarnessError(f"unknown report format {unknown[0]!r}; choose from {', '.join(SUFFIXES)}")
-    records, warnings = load_records(results_dir)
+    records, warnings = load_records(results_dir) if records is None else (records, [])
     if not records:
         raise HarnessError(f"no readable records in {results_dir}/; run `harness run` first")
     results = Results(records)

@@ -201,3 +201,17 @@ def test_cli_report_on_real_sweep_records(monkeypatch, capsys, tmp_path, model_d
     assert code == 2 and "baseline method 'admm' has no records" in err
     code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "nothing"))
     assert code == 2 and "does not exist" in err
+
+
+def test_run_reports_only_its_own_sweep(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    """Records already in the out folder (e.g. a committed reference run in a subfolder) stay out
+    of the report that `harness run` writes at the end."""
+    monkeypatch.chdir(tmp_path)
+    run_sweep(_settings(model_dir, tmp_path / "res" / "older", methods=["wanda"], sparsities=["0.6"]), log=lambda _: None)
+    code, _, _ = _cli(
+        monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path / "res"), "--tasks", "none", "--sparsity", "0.5",
+        "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32",
+    )
+    assert code == 0
+    main = (tmp_path / "reports" / "latest" / "main.md").read_text()
+    assert "magnitude" in main and "wanda" not in main and "0.60" not in main
