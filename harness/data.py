@@ -31,10 +31,14 @@ def default_data_dir() -> Path:
     return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+def data_root(data_dir: Path | None) -> Path:
+    """The data folder a `--data-dir` value means: itself, or the default when unset."""
+    return Path(data_dir) if data_dir else default_data_dir()
+
+
 def data_file(data_dir: Path | None, relative: str) -> Path:
     """Path of a data file, or a one-line error naming the fix."""
-    root = Path(data_dir) if data_dir else default_data_dir()
-    path = root / relative
+    path = data_root(data_dir) / relative
     if not path.exists():
         raise HarnessError(f"missing data file {path}; point --data-dir or ${ENV_DATA_DIR} at the shared data folder")
     return path

@@ -112,7 +112,7 @@ class Budget:
 
     # Paper scale (README: 2000 steps of 128 × 4096 tokens) as 32 micro-batches of 4 on one GPU.
     GPU = (2000, 4, 32, 4096)
-    # 32k tokens: about 25 minutes of training for SmolLM2-135M on two shared CPU cores (docs/leap.md).
+    # 33k tokens: 2-4 minutes of training for SmolLM2-135M on two idle CPU cores (docs/leap.md).
     CPU = (32, 4, 1, 256)
 
     @classmethod

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -71,7 +71,7 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
-def sentencepiece_bpe_tokenizer(tokenizer):
+def _sentencepiece_bpe_tokenizer(tokenizer: Any) -> Any:
     """Rebuild a GGUF SentencePiece-BPE vocabulary (pieces + scores, no merges) as a BPE tokenizer.
 
     transformers' GGUF loader makes Gemma-3's vocabulary a Unigram model whose rank-like scores
@@ -130,7 +130,7 @@ def _converted_bundle(bundle: BundledModel) -> Path:
     print(f"converting {bundle.alias} from {gguf.name} to safetensors in {target} (once)")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     if bundle.sentencepiece_bpe:
-        tokenizer = sentencepiece_bpe_tokenizer(tokenizer)
+        tokenizer = _sentencepiece_bpe_tokenizer(tokenizer)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
     )

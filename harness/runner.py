@@ -195,11 +195,12 @@ def _prune(cell, settings, identity, model, tokenizer, timings, log) -> dict[str
     pruner_cls = get_pruner(cell.method)
     pruner = pruner_cls(build_config(pruner_cls.Config, settings.overrides.get(cell.method, {}), cell.method))
     sparsity = Sparsity.parse(cell.sparsity)
+    bos_per_window = needs_bos_per_window(model)
     start = time.perf_counter()
     calibration = None
     if pruner_cls.needs_calibration:
         calibration = c4_windows(
-            tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir, needs_bos_per_window(model)
+            tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir, bos_per_window
         )
     timings["calibrate"] = time.perf_counter() - start
     workdir = cell_path(cell, settings).with_suffix(".work")
@@ -211,7 +212,7 @@ def _prune(cell, settings, identity, model, tokenizer, timings, log) -> dict[str
         target_pattern=settings.target_pattern,
         workdir=workdir,
         progress=settings.progress,
-        bos_per_window=needs_bos_per_window(model),
+        bos_per_window=bos_per_window,
     )
     torch.manual_seed(cell.seed)
     result = pruner.run(model, sparsity, ctx)

@@ -19,7 +19,7 @@ import psutil
 from lm_eval.api.group import Group
 from lm_eval.models.huggingface import HFLM
 
-from harness.data import default_data_dir
+from harness.data import data_root
 from harness.errors import HarnessError
 from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS
 from harness.evaluation.tasks.local_task import TASK_DIRS, build_task, task_manager
@@ -116,7 +116,7 @@ def evaluate_zeroshot(
     if not progress:
         datasets.disable_progress_bars()
     try:
-        built = {name: build_task(name, Path(data_dir) if data_dir else default_data_dir(), hellaswag) for name in names}
+        built = {name: build_task(name, data_root(data_dir), hellaswag) for name in names}
         on_cpu = next(model.parameters()).device.type == "cpu"
         lm = _InMemoryHFLM(
             pretrained=model,
