@@ -6,9 +6,12 @@ import dataclasses
 import hashlib
 import json
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclasses.dataclass
@@ -18,6 +21,12 @@ class PrunerConfig:
 
     def validate(self) -> None:
         """Raise HarnessError on an invalid value."""
+
+    def resolve(self, device: torch.device) -> PrunerConfig:
+        """This config with every device-dependent default filled in for `device`. The runner
+        hashes and records the resolved config, so a cell run on CPU and the same cell run on
+        GPU (e.g. LEAP's budget) never share a record."""
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

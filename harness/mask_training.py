@@ -27,6 +27,7 @@ gradient checkpointing bounds the latter to one decoder layer at a time."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -99,6 +100,11 @@ class MaskTrainingConfig(PrunerConfig):
                 raise HarnessError(f"leap.{name} must be non-negative, got {getattr(self, name)}")
         if not 0 < self.beta2 < 1:
             raise HarnessError(f"leap.beta2 must be in (0, 1), got {self.beta2}")
+
+    def resolve(self, device: torch.device) -> MaskTrainingConfig:
+        budget = Budget.resolve(self, device)
+        autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
+        return dataclasses.replace(self, **dataclasses.asdict(budget), autocast_bf16=autocast)
 
 
 @dataclass(frozen=True)

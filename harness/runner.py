@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.config import build_config, stable_hash
+from harness.config import PrunerConfig, build_config, stable_hash
 from harness.data import C4_FILE, WIKITEXT2_FILE, c4_windows, data_file
 from harness.device import resolve_device, resolve_dtype
 from harness.errors import HarnessError
@@ -117,6 +117,14 @@ def _evaluation_settings(settings: RunSettings) -> dict[str, Any]:
     }
 
 
+def cell_config(cell: Cell, settings: RunSettings) -> PrunerConfig:
+    """The method's config for this cell: the sweep's overrides, validated, with the defaults
+    that depend on the device (LEAP's budget) resolved for the run's device."""
+    pruner_cls = get_pruner(cell.method)
+    config = build_config(pruner_cls.Config, settings.overrides.get(cell.method, {}), cell.method)
+    return config.resolve(torch.device(settings.device))
+
+
 def cell_identity(cell: Cell, settings: RunSettings) -> dict[str, Any]:
     """Everything that changes a cell's numbers; its hash names the record file."""
     identity: dict[str, Any] = {
@@ -129,8 +137,7 @@ def cell_identity(cell: Cell, settings: RunSettings) -> dict[str, Any]:
     }
     if cell.method != DENSE:
         pruner_cls = get_pruner(cell.method)
-        config = build_config(pruner_cls.Config, settings.overrides.get(cell.method, {}), cell.method)
-        identity["config"] = config.to_dict()
+        identity["config"] = cell_config(cell, settings).to_dict()
         identity["seed"] = cell.seed
         if pruner_cls.needs_calibration:
             identity["calibration"] = {"dataset": "c4", "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seed": cell.seed}
@@ -193,7 +200,7 @@ def run_cell(cell: Cell, settings: RunSettings, log: Callable[[str], None] = pri
 
 def _prune(cell, settings, identity, model, tokenizer, timings, log) -> dict[str, Any]:
     pruner_cls = get_pruner(cell.method)
-    pruner = pruner_cls(build_config(pruner_cls.Config, settings.overrides.get(cell.method, {}), cell.method))
+    pruner = pruner_cls(cell_config(cell, settings))
     sparsity = Sparsity.parse(cell.sparsity)
     bos_per_window = needs_bos_per_window(model)
     start = time.perf_counter()

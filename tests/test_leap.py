@@ -416,6 +416,16 @@ def test_budget_resolves_by_device_and_keeps_explicit_values():
     assert Budget.resolve(LEAPConfig(steps=7, seqlen=64), torch.device("cuda")) == Budget(7, 4, 32, 64)
 
 
+def test_resolved_config_names_the_budget_and_autocast_it_runs_with():
+    config = LEAPConfig(steps=7)
+    cpu, gpu = config.resolve(torch.device("cpu")), config.resolve(torch.device("cuda"))
+    assert (cpu.steps, cpu.batch_size, cpu.grad_accum, cpu.seqlen, cpu.autocast_bf16) == (7, *Budget.CPU[1:], False)
+    assert (gpu.steps, gpu.batch_size, gpu.grad_accum, gpu.seqlen, gpu.autocast_bf16) == (7, *Budget.GPU[1:], True)
+    assert LEAPConfig(autocast_bf16=False).resolve(torch.device("cuda")).autocast_bf16 is False
+    assert cpu.resolve(torch.device("cuda")) == cpu  # resolving twice changes nothing
+    assert config.steps == 7 and config.seqlen is None  # the original is left as it was
+
+
 def test_block_windows_are_bounded_and_deterministic():
     calls = []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import textwrap
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.runner import RunSettings, cell_path, plan_cells, run_sweep
+from harness.mask_training import Budget
+from harness.runner import RunSettings, cell_identity, cell_path, plan_cells, run_sweep
 from harness.store import read_record
 from tests.helpers import tiny_model_folder
 
@@ -53,6 +55,20 @@ def test_sweep_writes_one_record_per_cell(model_dir, tmp_path, data_dir):
     assert records[1]["config"] == {"scope": "matrix"}
     assert set(records[1]["timings"]) >= {"load", "calibrate", "prune", "eval"}
     assert json.loads(files[0].read_text())["schema"] == 1
+
+
+def test_cell_identity_holds_the_device_resolved_config(model_dir, tmp_path):
+    """LEAP's budget depends on the device: a CPU cell must not stand in for the GPU cell."""
+    cpu = _settings(model_dir, tmp_path, methods=["leap"], dtype="bfloat16")
+    gpu = dataclasses.replace(cpu, device="cuda")
+    cpu_leap, gpu_leap = (plan_cells(s)[1] for s in (cpu, gpu))
+    assert cell_identity(cpu_leap, cpu)["config"]["steps"] == Budget.CPU[0]
+    assert cell_identity(gpu_leap, gpu)["config"]["steps"] == Budget.GPU[0]
+    assert cell_path(cpu_leap, cpu) != cell_path(gpu_leap, gpu)
+    magnitude = _settings(model_dir, tmp_path)
+    assert cell_path(plan_cells(magnitude)[1], magnitude) == cell_path(
+        plan_cells(magnitude)[1], dataclasses.replace(magnitude, device="cuda")
+    )
 
 
 def test_rerun_skips_finished_cells_and_fills_missing(model_dir, tmp_path, data_dir):
