@@ -51,6 +51,13 @@ from harness.masks import lowest_mask_matrix
 LOGIT_PARAM = "mask_logits"
 CURVE_POINTS = 500  # the training curve in a record is subsampled to at most this many points
 _UNIFORM_EPS = 2.0**-24  # u is clamped to [eps, 1 − eps]: the logistic noise stays within ±16.6
+# Mask values below this are set to exactly 0. Late in the τ anneal, σ((s·θ + L)/τ) of a pruned
+# weight lands near float32's underflow, and W ⊙ m and its gradient then hold subnormal numbers,
+# which x86 arithmetic handles many times slower: one 1536 × 576 masked linear's forward and
+# backward took 363 ms instead of 20 ms at τ = 0.18, and two float32 SmolLM2 steps 12 s and 57 s
+# instead of 4.5 s (docs/leap.md). A mask of 2⁻⁶⁴ moves no output by more than |W|·2⁻⁶⁴, far below
+# float32's resolution: the same run's perplexity was unchanged (63.36) and its steps even.
+_MASK_FLOOR = 2.0**-64
 
 
 # --------------------------------------------------------------------------- configuration
@@ -184,6 +191,7 @@ class _RelaxedMaskedWeight(torch.autograd.Function):
     def forward(ctx, logits, weight, scale, tau, generator):  # noqa: D102 (autograd signature)
         mask = torch.rand(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)
         mask.logit_(eps=_UNIFORM_EPS).add_(logits, alpha=scale).div_(tau).sigmoid_()
+        mask.masked_fill_(mask < _MASK_FLOOR, 0.0)  # no subnormals downstream (see _MASK_FLOOR)
         masked = weight * mask  # float32 (type promotion) even for a bf16 weight
         norm = torch.linalg.vector_norm(masked)
         masked = masked.to(weight.dtype)  # the tensor F.linear saves anyway: saving it here is free
@@ -461,9 +469,11 @@ def _training_mode(model: nn.Module, grad_checkpointing: bool) -> Iterator[None]
 
     Denormals are flushed to zero meanwhile: at small τ most masks saturate, and m(1 − m) and the
     gradients through it land in the denormal range, where x86 arithmetic is several times slower
-    (fused AdamW 5× in a micro-benchmark; whole SmolLM2 steps 4-6× at τ ≈ 0.2-0.4). Such gradients
-    are far too small to move a logit, so flushing them changes nothing that matters. torch has no
-    getter for this flag; it is off by default and is switched off again afterwards."""
+    (fused AdamW 5× in a micro-benchmark). Such gradients are far too small to move a logit, so
+    flushing them changes nothing that matters. The flag reaches only this thread and threads
+    started later, not an intra-op pool that already runs (as in the runner, after the prior), so
+    the mask itself is floored too (`_MASK_FLOOR`). torch has no getter for this flag; it is off
+    by default and is switched off again afterwards."""
     was_training = model.training
     if grad_checkpointing:
         if not getattr(model, "supports_gradient_checkpointing", False):

@@ -141,6 +141,19 @@ def test_mask_noise_is_logistic_so_keep_probability_is_sigmoid_of_scaled_logit()
     torch.testing.assert_close(kept, torch.sigmoid(25.0 * theta[:, 0]), atol=0.01, rtol=0)
 
 
+def test_late_anneal_masks_hold_no_subnormal_numbers():
+    """At τ ≈ 0.18 and s ≈ 330 a pruned weight's σ((s·θ + L)/τ) nears float32's underflow; the
+    subnormals it would put into W ⊙ m and its gradient slow CPU matmuls about 100×."""
+    theta = torch.full((64, 512), -0.05).requires_grad_()
+    weight = torch.full((64, 512), 0.05)
+    masked, _, norm = sample_masked_weight(theta, weight, 330.0, 0.177, torch.Generator().manual_seed(0))
+    (masked.sum() + norm).backward()
+    tiny = torch.finfo(torch.float32).tiny
+    for values in (masked, theta.grad):
+        assert not ((values != 0) & (values.abs() < tiny)).any()
+    assert (masked == 0).float().mean() > 0.5  # the regime is hit: these weights are off
+
+
 def test_gradients_reach_the_logits_and_not_the_weights(tiny_model):
     linears, masks = attach(tiny_model)
     ids = markov_windows(2, 16)
