@@ -12,7 +12,7 @@ if `--reference-root` points at a folder holding checkouts of IST-DASLab/sparseg
 `sparsegpt/`) and fmfi-compbio/admm-pruning (as `admm-pruning/`); nothing of theirs is vendored.
 Table 3 isolates the cubic steps: the inverse factor of SparseGPT and the inverse of ADMM.
 
-    python benchmarks/layerwise.py --nsamples 32 --seqlen 512 [--reference-root DIR]
+    python benchmarks/layerwise.py --nsamples 32 --seqlen 512 [--reference-root DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import contextlib
 import copy
 import importlib.util
 import io
+import json
 import multiprocessing
 import sys
 import time
@@ -257,10 +258,12 @@ def main() -> None:
     parser.add_argument("--reference-root", default=None, help="folder with sparsegpt/ and admm-pruning/ checkouts")
     parser.add_argument("--repeats", type=int, default=3, help="runs per matrix in table 2 (fastest is reported)")
     parser.add_argument("--skip-end-to-end", action="store_true", help="only table 2")
+    parser.add_argument("--json", type=Path, default=None, help="also write every table to this JSON file")
     args = parser.parse_args()
 
     print(f"model {args.model}, sparsity {args.sparsity}, calibration {args.nsamples} x {args.seqlen} C4 tokens, "
           f"torch {torch.__version__}, threads {args.threads or torch.get_num_threads()}")
+    tables: dict[str, object] = {"settings": {key: str(value) for key, value in vars(args).items()}, "torch": torch.__version__}
     if not args.skip_end_to_end:
         context = multiprocessing.get_context("spawn")
         rows = []
@@ -271,13 +274,18 @@ def main() -> None:
         print(f"\nTable 1: end to end (dense WikiText-2 perplexity {dense:.2f})\n")
         columns = ["method", "total_s", "forward_s", "math_s", "accumulate_s", "peak_rss_mb", "sparsity", "ppl"]
         print_table(rows, columns)
+        tables["end_to_end"] = {"dense_ppl": dense, "rows": rows}
     print("\nTable 2: per-matrix math on layer 0's real statistics (ms, fastest of --repeats)\n")
     stats = layer0_statistics(args)
-    print_table(matrix_timings(args, stats), ["matrix", "method", "ours_ms", "reference_ms", "llmcompressor_ms"])
+    tables["per_matrix"] = matrix_timings(args, stats)
+    print_table(tables["per_matrix"], ["matrix", "method", "ours_ms", "reference_ms", "llmcompressor_ms"])
     print("\nTable 3: the inverse steps alone (ms; right-hand side n x n for the ADMM iteration)\n")
     columns = ["n", "sgpt_reference_ms", "sgpt_ours_ms", "admm_reference_ms", "admm_ours_ms"]
     columns += ["solve_per_iter_ms", "matmul_per_iter_ms"]
-    print_table(inverse_timings(args, stats), columns)
+    tables["inverse"] = inverse_timings(args, stats)
+    print_table(tables["inverse"], columns)
+    if args.json is not None:
+        args.json.write_text(json.dumps(tables, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

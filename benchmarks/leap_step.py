@@ -7,7 +7,7 @@ its own; sides alternate `--repeats` times so that a noisy shared machine affect
 first step of each run is a warm-up and is not timed.
 
     python benchmarks/leap_step.py [--model smollm2-135m] [--batch 4] [--seqlen 256] [--steps 4]
-        [--repeats 2] [--write docs/leap.md]
+        [--repeats 2] [--write docs/leap.md] [--json FILE]
 
 `--write FILE` replaces the table between the `<!-- leap_step:begin -->` and
 `<!-- leap_step:end -->` markers of FILE."""
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per run (after one warm-up step)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating dense/LEAP runs")
     parser.add_argument("--write", type=Path, default=None, help="markdown file whose leap_step block gets the table")
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's numbers to this JSON file")
     parser.add_argument("--side", choices=["dense", "leap"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -129,6 +130,9 @@ def main() -> None:
     print(table)
     if args.write is not None:
         write_between_markers(args.write, table)
+    if args.json is not None:
+        settings = {"model": args.model, "batch": args.batch, "seqlen": args.seqlen, "steps": args.steps, "threads": torch.get_num_threads()}
+        args.json.write_text(json.dumps({"settings": settings, "torch": torch.__version__, "runs": results}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
