@@ -525,7 +525,7 @@ def train_masks(
     A non-finite loss or gradient stops training with an error naming the step."""
     params = masks.parameters()
     device = params[0].device
-    autocast = config.autocast_bf16 if config.autocast_bf16 is not None else device.type == "cuda"
+    autocast = config.resolve(device).autocast_bf16  # the one rule for the device default
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0, fused=True)
     schedule = Schedule(budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end))
     start, curve, seconds_before = 0, [], 0.0
