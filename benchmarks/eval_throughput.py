@@ -21,7 +21,8 @@ import psutil
 import torch
 
 from harness.data import default_data_dir
-from harness.evaluation.zeroshot import evaluate_zeroshot, resolve_tasks
+from harness.evaluation.suites import resolve_tasks
+from harness.evaluation.zeroshot import evaluate_zeroshot
 from harness.memory import PeakMemory
 from harness.models import DEFAULT_MODEL, load_model
 

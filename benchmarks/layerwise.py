@@ -43,9 +43,9 @@ from harness.pruner import PruneContext
 from harness.registry import get_pruner
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, find_linears
-from methods.admm import ADMMPruner
-from methods.sparsegpt import SparseGPTPruner, inverse_hessian_factor
-from methods.wanda import WandaPruner
+from harness.methods.admm import ADMMPruner
+from harness.methods.sparsegpt import SparseGPTPruner, inverse_hessian_factor
+from harness.methods.wanda import WandaPruner
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, Any]:

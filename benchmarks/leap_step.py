@@ -47,9 +47,10 @@ def dense_step_seconds(model: torch.nn.Module, batches: torch.Tensor) -> list[fl
 
 def leap_step_seconds(model: torch.nn.Module, batches: torch.Tensor) -> list[float]:
     """LEAP's own training loop for len(batches) steps, timed per step by its curve."""
-    from harness.mask_training import Budget, LearnableMasks, init_logits, train_masks
+    from harness.methods.leap.relaxed_mask import LearnableMasks, init_logits
+    from harness.methods.leap.training import train_masks
+    from harness.methods.leap import LEAPConfig
     from harness.targets import target_linears
-    from methods.leap import LEAPConfig
 
     linears = target_linears(model)
     generator = torch.Generator().manual_seed(0)
@@ -58,11 +59,11 @@ def leap_step_seconds(model: torch.nn.Module, batches: torch.Tensor) -> list[flo
         for name, linear in linears.items()
     }
     steps, batch, seqlen = batches.shape
-    config = LEAPConfig(steps=steps, batch_size=batch, grad_accum=1, seqlen=seqlen, checkpoint_every=0)
+    config = LEAPConfig(steps=steps, batch_size=batch, grad_accum=1, seqlen=seqlen, checkpoint_every=0).resolve(torch.device("cpu"))
     masks = LearnableMasks(model, linears, logits)
     flat = batches.reshape(-1, seqlen)
     with masks.installed():
-        outcome = train_masks(model, masks, lambda s, c: flat[s : s + c], config, Budget.resolve(config, torch.device("cpu")), 0.5, seed=0, progress=False)
+        outcome = train_masks(model, masks, lambda s, c: flat[s : s + c], config, 0.5, seed=0, progress=False)
     return [point["seconds"] for point in outcome.curve]
 
 

@@ -10,6 +10,7 @@ import click
 
 from harness.errors import HarnessError
 from harness.models import BUNDLED, DEFAULT_MODEL
+from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET, DENSE, RunSettings, cli_options, options_table
 
 
 def _split(text: str) -> list[str]:
@@ -28,96 +29,50 @@ def _parse_sets(pairs: tuple[str, ...]) -> dict[str, dict[str, str]]:
     return overrides
 
 
-def _seeds(text: str) -> list[int]:
-    try:
-        return [int(s) for s in _split(text)]
-    except ValueError:
-        raise HarnessError(f"--seed takes integers separated by commas; got {text!r}") from None
-
-
 @click.group()
 @click.version_option(package_name="leap-harness")
 def cli() -> None:
     """Prune LLMs with several methods under one protocol and report who wins."""
 
 
-# CLI option name -> RunSettings field, for the options a sweep file may also set
-SETTING_OPTIONS = {
-    "model": "models", "methods": "methods", "sparsity": "sparsities", "seed": "seeds", "out": "out",
-    "nsamples": "nsamples", "seqlen": "seqlen", "ppl_tokens": "ppl_tokens", "tasks": "tasks", "limit": "limit",
-    "eval_batch_size": "eval_batch_size", "hellaswag": "hellaswag", "device": "device", "dtype": "dtype",
-    "data_dir": "data_dir", "target_pattern": "target_pattern", "no_dense": "include_dense",
-    "executor": "executor", "address": "address",
-}
-LIST_OPTIONS = {"model", "methods", "sparsity"}
-
-
-def _cli_value(name: str, value):
-    if name in LIST_OPTIONS:
-        return _split(value)
-    if name == "seed":
-        return _seeds(value)
-    if name == "no_dense":
-        return not value
-    if name == "eval_batch_size" and value and value.isdigit():
-        return int(value)
-    return value
+# The two options of `harness run` that are not run settings: (flag, metavar, help, default shown).
+RUN_META_OPTIONS = (
+    ("--config", "FILE", "A sweep YAML (see sweeps/); options given on the command line override it.", "none"),
+    ("--set", "METHOD.FIELD=VALUE", "Set any field of a method's config (validated; repeatable).", "the method's defaults"),
+)
 
 
 @cli.command()
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="Sweep YAML (see sweeps/); flags given on the command line override it.")
-@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Comma list: bundled alias, local folder or hub id.")
-@click.option("--methods", default="magnitude", show_default=True, help="Comma list of registered methods (see `harness list`).")
-@click.option("--sparsity", default="0.5", show_default=True, help="Comma list of ratios in [0, 1) or N:M patterns like 2:4.")
-@click.option("--seed", default="0", show_default=True, help="Comma list of seeds (calibration sampling and method randomness).")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("results"), show_default=True, help="Folder for the JSON records.")
-@click.option("--nsamples", type=int, default=None, help="Calibration samples [default: 128 on GPU, 32 on CPU].")
-@click.option("--seqlen", type=int, default=None, help="Calibration and perplexity window length [default: 2048 on GPU, 512 on CPU].")
-@click.option("--ppl-tokens", type=int, default=None, help="Limit the WikiText-2 tokens [default: all].")
-@click.option("--tasks", default="leap6", show_default=True, help="Zero-shot suites/tasks (leap6, wanda7, piqa, ...) or 'none'.")
-@click.option("--limit", type=int, default=None, help="Items per task (per MMLU subject) [default: all on GPU, 20 on CPU].")
-@click.option("--eval-batch-size", default=None, help="lm-eval batch size (integer or 'auto').")
-@click.option("--hellaswag", type=click.Choice(["exact", "normalized"]), default="exact", show_default=True, help="HellaSwag data: 1000 exact lm-eval items or all 10042 normalized.")
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N].")
-@click.option("--dtype", default="auto", show_default=True, help="auto (bf16 on CUDA, float32 on CPU) | float32 | bfloat16.")
-@click.option("--force", is_flag=True, help="Recompute cells whose record exists.")
-@click.option("--save-model", type=click.Path(path_type=Path), default=None, help="Save each pruned model here as a safetensors folder.")
-@click.option("--set", "sets", multiple=True, metavar="METHOD.FIELD=VALUE", help="Set a field of a method's config (repeatable).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Data root [default: $HARNESS_DATA_DIR or ../shared/data].")
-@click.option("--targets", "target_pattern", default=None, help="Regex over module names restricting the pruned linears.")
-@click.option("--no-dense", is_flag=True, help="Do not evaluate the dense model.")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Run cells here in sequence, or as Ray tasks.")
-@click.option("--address", default=None, help="Ray cluster address (auto | HOST:PORT) [default: start a local Ray].")
-@click.option("--cell", "cell_index", type=int, default=None, help="Run only this 0-based cell of the plan (Slurm job arrays).")
-@click.option("--report/--no-report", default=True, show_default=True, help="Write the report into reports/latest at the end.")
-def run(config_file: Path | None, sets: tuple[str, ...], force: bool, save_model: Path | None, cell_index: int | None, report: bool, **options) -> None:
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, metavar=RUN_META_OPTIONS[0][1], help=RUN_META_OPTIONS[0][2])
+@click.option("--set", "sets", multiple=True, metavar=RUN_META_OPTIONS[1][1], help=RUN_META_OPTIONS[1][2])
+@cli_options
+def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
     """Prune and evaluate every cell of models x methods x sparsities x seeds."""
-    from harness.runner import RunSettings, run_sweep
+    from harness.runner import run_sweep
     from harness.sweep import load_sweep
 
-    context = click.get_current_context()
-    values = {field: _cli_value(name, options[name]) for name, field in SETTING_OPTIONS.items()}
-    overrides: dict[str, dict[str, str]] = {}
-    if config_file is not None:
-        from_file = load_sweep(config_file)
-        overrides = from_file.pop("overrides", {})
-        explicit = {SETTING_OPTIONS[name] for name in SETTING_OPTIONS if context.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
-        values.update({field: value for field, value in from_file.items() if field not in explicit})
+    values = load_sweep(config_file) if config_file is not None else {}
+    overrides = values.pop("overrides", {})
+    values.update({name: value for name, value in given.items() if value is not None})
     for method, fields in _parse_sets(sets).items():
         overrides.setdefault(method, {}).update(fields)
-    executor, address = values.pop("executor"), values.pop("address")
-    settings = RunSettings(**values, force=force, save_model=save_model, overrides=overrides)
-    outcome = run_sweep(settings, executor=executor, address=address, cell_index=cell_index)
+    settings = RunSettings(**values, overrides=overrides)
+    outcome = run_sweep(settings)
     click.echo(summary_table(outcome.records))
-    if report and outcome.records:
+    if settings.report and outcome.records:
         methods = {r["method"] for r in outcome.records}
-        baseline = "admm" if "admm" in methods else "dense"
+        baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in methods else DENSE
         # this sweep's records only: the out folder may hold other runs (e.g. committed references)
-        _report(settings.out, Path("reports") / "latest", baseline, "leap", ("md", "latex"), False, outcome.records)
+        _report(settings.out, Path("reports") / "latest", baseline, DEFAULT_TARGET, ("md", "latex"), False, outcome.records)
     if outcome.failures:
         for failure in outcome.failures:
-            click.echo(f"failed: {failure.cell.model} {failure.cell.method} {failure.cell.sparsity} seed={failure.cell.seed}: {failure.error}", err=True)
+            click.echo(f"failed: {failure.cell.tag}: {failure.error}", err=True)
         raise HarnessError(f"{len(outcome.failures)} cell(s) failed (listed above); re-run to retry them")
+
+
+def run_options_table() -> str:
+    """The README's `harness run` options table: the run settings, then --config and --set."""
+    return options_table([(flag, text, default) for flag, _, text, default in RUN_META_OPTIONS])
 
 
 def summary_table(records: list[dict]) -> str:
@@ -148,8 +103,8 @@ def _report(
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(path_type=Path), default=Path("results"))
-@click.option("--baseline", default="admm", show_default=True, help="Method the deltas are taken against.")
-@click.option("--target", default="leap", show_default=True, help="Method whose deltas vs the baseline are summarized.")
+@click.option("--baseline", default=DEFAULT_BASELINE, show_default=True, help="Method the deltas are taken against.")
+@click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Method whose deltas vs the baseline are summarized.")
 @click.option("--format", "formats", default="md,latex", show_default=True, help="Comma list: md, latex.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports") / "latest", show_default=True, help="Output folder.")
 @click.option("--stderr", is_flag=True, help="Also write the standard errors of every accuracy.")
@@ -163,7 +118,7 @@ def report(results_dir: Path, baseline: str, target: str, formats: str, out: Pat
 @cli.command(name="list")
 def list_command() -> None:
     """Print the registered methods, bundled models and task suites."""
-    from harness.evaluation.zeroshot import SUITES
+    from harness.evaluation.suites import SUITES
     from harness.registry import PRUNERS
 
     click.echo("methods:")

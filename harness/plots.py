@@ -1,4 +1,4 @@
-"""The report's plots: average accuracy and perplexity against sparsity, LEAP training curves.
+"""The report's plots: average accuracy and perplexity against sparsity, and each method's own.
 
 Figures are built without pyplot, so no global state or display is involved: `Figure.savefig`
 renders PNG with matplotlib's Agg backend and PDF with its PDF backend.
@@ -10,24 +10,37 @@ import pathlib
 
 from matplotlib.figure import Figure
 
-from harness.report_tables import AVG, DENSE, PPL, Results, ordered
+from harness.report_tables import AVG, DENSE, PPL, Results
 
-CURVE_KEYS = ("loss", "ce", "density", "tau")
+PLOT_DESCRIPTIONS = {
+    "avg_acc_vs_sparsity": "Average accuracy vs sparsity, per model",
+    "ppl_vs_sparsity": "WikiText-2 perplexity vs sparsity (log scale), per model",
+}
 
 
-def write_plots(results: Results, out_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Write each plot the records have data for, as PNG and PDF; return the files."""
+def method_figures(results: Results) -> list[tuple[str, str, Figure]]:
+    """The figures each method with records draws of its own (`Pruner.report_figures`)."""
+    figures = []
+    for method, pruner in results.pruners.items():
+        figures += pruner.report_figures([r for r in results.records if r["method"] == method])
+    return figures
+
+
+def write_plots(results: Results, out_dir: pathlib.Path) -> tuple[list[pathlib.Path], dict[str, str]]:
+    """Write each plot the records have data for, as PNG and PDF; return the files and a
+    description of each plot by file stem."""
     files: list[pathlib.Path] = []
+    descriptions = dict(PLOT_DESCRIPTIONS)
     if results.groups and results.has(AVG):
         figure = _vs_sparsity(results, AVG, "Average accuracy (%)", scale=100, log=False)
         files += _save(figure, out_dir / "avg_acc_vs_sparsity")
     if results.groups and results.has(PPL):
         figure = _vs_sparsity(results, PPL, "WikiText-2 perplexity (log)", scale=1, log=True)
         files += _save(figure, out_dir / "ppl_vs_sparsity")
-    curves = [r for r in results.records if (r.get("method_stats") or {}).get("train_curve")]
-    if curves:
-        files += _save(_training(curves), out_dir / "leap_training")
-    return files
+    for stem, description, figure in method_figures(results):
+        files += _save(figure, out_dir / stem)
+        descriptions[stem] = description
+    return files, descriptions
 
 
 def _save(figure: Figure, stem: pathlib.Path) -> list[pathlib.Path]:
@@ -72,28 +85,4 @@ def _vs_sparsity(results: Results, name: str, ylabel: str, *, scale: float, log:
             ax.set_yscale("log")
         ax.legend(fontsize="small", loc="best")
     axes[0].set_ylabel(ylabel)
-    return figure
-
-
-def _training(records: list[dict]) -> Figure:
-    """One panel per logged quantity (loss, ce, density, tau, ...) in rows of three, one line per run."""
-    curves = [(record, record["method_stats"]["train_curve"]) for record in records]
-    keys = ordered({key for _, curve in curves for point in curve for key in point if key != "step"}, CURVE_KEYS)
-    columns = min(3, len(keys))
-    rows = -(-len(keys) // columns)
-    figure = Figure(figsize=(3.8 * columns, 2.8 * rows), layout="constrained")
-    grid = figure.subplots(rows, columns, squeeze=False).flatten()
-    for unused in grid[len(keys) :]:
-        unused.set_visible(False)
-    axes = grid[: len(keys)]
-    for record, curve in curves:
-        label = f"{record['model']} {record.get('sparsity_label', record['sparsity'])} seed {record.get('seed', 0)}"
-        for ax, key in zip(axes, keys, strict=True):
-            points = [(point.get("step", i), point[key]) for i, point in enumerate(curve) if key in point]
-            ax.plot([step for step, _ in points], [value for _, value in points], label=label)
-    for ax, key in zip(axes, keys, strict=True):
-        ax.set_title(key)
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize="x-small")
-    figure.suptitle("LEAP training")
     return figure

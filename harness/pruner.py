@@ -54,12 +54,26 @@ class PruneResult:
 
 
 class Pruner(abc.ABC):
-    """Base class of pruning methods. Subclasses set `name`, `Config` and implement `prune`."""
+    """Base class of pruning methods, built-in or plugin.
+
+    Contract. A subclass declares `Config` (a PrunerConfig dataclass with the paper's defaults)
+    and implements `prune`. The harness loads a fresh model for every cell, calls `run`, counts
+    the zeros, evaluates and writes the record; a pruner never sees the CLI, the store or the
+    report. Registered under a name by the `harness.pruners` entry point group (or
+    `register_pruner`), which also sets `name`.
+
+    Class attributes: `supports_nm` (accepts N:M sparsities; otherwise the run refuses them up
+    front), `needs_calibration` (gets `ctx.calibration`, C4 token ids [nsamples, seqlen]), and
+    for the report `report_rank` (position of its rows: the papers' order magnitude 10, wanda 20,
+    sparsegpt 30, admm 40, leap 50; plugins 100, ties alphabetical) and `cost_stats`."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     supports_nm: ClassVar[bool] = False
     needs_calibration: ClassVar[bool] = True
+    report_rank: ClassVar[int] = 100
+    cost_stats: ClassVar[tuple[tuple[str, str, float], ...]] = ()
+    """Extra columns of the report's cost table: (header, key in the record's method_stats, scale)."""
 
     def __init__(self, config: PrunerConfig | None = None, **overrides: Any) -> None:
         if config is None:
@@ -71,26 +85,45 @@ class Pruner(abc.ABC):
 
     @abc.abstractmethod
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
-        """Prune the targeted weights of `model` in place; return method-specific statistics."""
+        """Prune the targeted weights of `model` (`ctx.targets(model)`) in place.
+
+        May change: the values of the targeted weights (zeros and, for reconstruction methods,
+        the kept weights); nothing else of the model. Must: leave exactly the target sparsity
+        over the targeted weights unless `exact_sparsity()` says otherwise (the runner counts the
+        zeros and fails a cell below target); give the same masks for the same model, data and
+        `ctx.seed` (seed any randomness from it); work on whatever device the model is on (CPU
+        or CUDA) without moving it. `self.config` is already resolved for that device.
+        Returns: method statistics, JSON-able (numbers, strings, lists, dicts), stored as the
+        record's `method_stats`."""
 
     def exact_sparsity(self) -> bool:
         """Whether the method promises exactly the target sparsity (the runner checks it)."""
         return True
 
-    def check_supported(self, sparsity: Sparsity, ctx: PruneContext) -> None:
+    def check_sparsity(self, sparsity: Sparsity) -> None:
+        """Refuse, with a HarnessError naming the fix, a sparsity this method and config cannot
+        produce; the runner asks before any model loads."""
         if sparsity.is_nm and not self.supports_nm:
             raise HarnessError(f"{self.name} does not support N:M sparsity ({sparsity}); use an unstructured ratio")
-        if self.needs_calibration and ctx.calibration is None:
-            raise HarnessError(f"{self.name} needs calibration data; pass --nsamples > 0")
+
+    @classmethod
+    def report_figures(cls, records: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+        """The method's own figures for the report, from its records: (file stem, description,
+        matplotlib Figure). None by default; LEAP draws its training curves."""
+        return []
 
     def run(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> PruneResult:
         """Prune, time it, track peak memory, and count the zeros that resulted."""
-        self.check_supported(sparsity, ctx)
+        self.check_sparsity(sparsity)
+        if self.needs_calibration and ctx.calibration is None:
+            raise HarnessError(f"{self.name} needs calibration data; pass --nsamples > 0")
+        targets = ctx.targets(model)
+        self.config = self.config.resolve(next(iter(targets.values())).weight.device)
         start = time.perf_counter()
         with PeakMemory() as memory:
             stats = self.prune(model, sparsity, ctx) or {}
         seconds = time.perf_counter() - start
-        per_layer, overall = count_zeros(ctx.targets(model))
+        per_layer, overall = count_zeros(targets)
         return PruneResult(
             method=self.name,
             sparsity=sparsity.label(),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.plots import write_plots
+from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET
 from harness.report_tables import (
     AVG,
     Cell,
@@ -36,9 +37,6 @@ DESCRIPTIONS = {
     "stderr": "Standard errors of the task accuracies",
     "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
     "significance": "Paired bootstrap per task and on the average, vs the baseline",
-    "avg_acc_vs_sparsity": "Average accuracy vs sparsity, per model",
-    "ppl_vs_sparsity": "WikiText-2 perplexity vs sparsity (log scale), per model",
-    "leap_training": "LEAP training curves",
 }
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -117,8 +115,8 @@ def write_report(
     results_dir: pathlib.Path,
     out_dir: pathlib.Path,
     *,
-    baseline: str = "admm",
-    target: str = "leap",
+    baseline: str = DEFAULT_BASELINE,
+    target: str = DEFAULT_TARGET,
     formats: Sequence[str] = ("md", "latex"),
     stderr: bool = False,
     plots: bool = True,
@@ -150,11 +148,14 @@ def write_report(
             path = out_dir / f"{name}{SUFFIXES[fmt]}"
             path.write_text(render_markdown(table) if fmt == "md" else render_latex(table))
             files.append(path)
+    descriptions = dict(DESCRIPTIONS)
     if plots:
-        files += write_plots(results, out_dir)
+        plot_files, plot_descriptions = write_plots(results, out_dir)
+        files += plot_files
+        descriptions.update(plot_descriptions)
     main_markdown = render_markdown(tables["main"])
     readme = out_dir / "README.md"
-    readme.write_text(_index(results_dir, len(records), baseline, target, files, warnings, main_markdown, command))
+    readme.write_text(_index(results_dir, len(records), baseline, target, files, descriptions, warnings, main_markdown, command))
     return ReportOutput([*files, readme], main_markdown, warnings)
 
 
@@ -238,6 +239,7 @@ def _index(
     baseline: str,
     target: str,
     files: list[pathlib.Path],
+    descriptions: dict[str, str],
     warnings: list[str],
     main_markdown: str,
     command: str | None = None,
@@ -254,7 +256,7 @@ def _index(
         *([f"Made with `{command}`.", ""] if command else []),
         "| Contents | Files |",
         "| :-- | :-- |",
-        *(f"| {DESCRIPTIONS[stem]} | {', '.join(links)} |" for stem, links in by_stem.items()),
+        *(f"| {descriptions[stem]} | {', '.join(links)} |" for stem, links in by_stem.items()),
     ]
     if warnings:
         lines += ["", "## Warnings", "", *(f"- {warning}" for warning in warnings)]

@@ -20,13 +20,15 @@ from typing import Literal
 
 import pandas as pd
 
+from harness.errors import HarnessError
+from harness.pruner import Pruner
+from harness.registry import get_pruner
+from harness.settings import DENSE
 from harness.significance import ALPHA, RESAMPLES, BootstrapResult, Comparison, item_scores, paired_bootstrap
 
-DENSE = "dense"
 AVG = "avg_acc"
 PPL = "wikitext2_ppl"
 TASK_ORDER = ("mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa")
-METHOD_ORDER = ("dense", "magnitude", "wanda", "sparsegpt", "admm", "leap")
 TASK_NAMES = {
     "mmlu": "MMLU",
     "piqa": "PIQA",
@@ -120,8 +122,9 @@ def _flatten(record: dict) -> tuple[CellKey, dict[str, float]]:
         "peak_rss_mb": record.get("peak_rss_mb"),
         # A zero GPU peak means no GPU was used: not applicable, shown as missing.
         "peak_gpu_mb": record.get("peak_gpu_mb") or None,
-        "tokens_trained": (record.get("method_stats") or {}).get("tokens_trained"),
     }
+    stats = record.get("method_stats") or {}
+    values.update({key: stats.get(key) for key in _cost_keys(record["method"])})
     values.update(record["metrics"])
     numeric = {
         name: float(value)
@@ -149,9 +152,17 @@ class Results:
         self._comparisons: dict[tuple[CellKey, CellKey], Comparison | None] = {}
 
     @cached_property
+    def pruners(self) -> dict[str, type[Pruner]]:
+        """The registered class of each pruning method with records (none for dense, or for a
+        method whose plugin is not installed here)."""
+        return {method: cls for method in self.methods if (cls := _pruner(method)) is not None}
+
+    @cached_property
     def methods(self) -> list[str]:
-        """Every method with a record, dense first."""
-        return ordered(self._mean.index.get_level_values("method"), METHOD_ORDER)
+        """Every method with a record: dense first, then by the methods' `report_rank` (the
+        papers' order), ties alphabetically."""
+        names = set(self._mean.index.get_level_values("method"))
+        return sorted(names, key=lambda name: (name != DENSE, _rank(name), name))
 
     @cached_property
     def groups(self) -> list[tuple[str, str]]:
@@ -195,6 +206,25 @@ class Results:
 
     def _group_sparsity(self, model: str, label: str) -> float:
         return float(self._sparsity.xs((model, label), level=[0, 1]).mean())
+
+
+def _pruner(method: str) -> type[Pruner] | None:
+    if method == DENSE:
+        return None
+    try:
+        return get_pruner(method)
+    except HarnessError:
+        return None
+
+
+def _rank(method: str) -> int:
+    pruner = _pruner(method)
+    return pruner.report_rank if pruner is not None else Pruner.report_rank
+
+
+def _cost_keys(method: str) -> list[str]:
+    pruner = _pruner(method)
+    return [key for _, key, _ in pruner.cost_stats] if pruner is not None else []
 
 
 def _key(model: str, label: str, method: str) -> CellKey:
@@ -320,15 +350,15 @@ def stderr_table(results: Results) -> Table:
 
 
 def cost_table(results: Results) -> Table:
-    """What each method costs: time per phase, peak memory, LEAP's training tokens."""
+    """What each method costs: time per phase, peak memory, and the methods' own `cost_stats`."""
     columns = [
         Column("Calibrate (s)", "time_calibrate", decimals=1),
         Column("Prune (s)", "time_prune", decimals=1),
         Column("Eval (s)", "time_eval", decimals=1),
         Column("Peak RSS (GiB)", "peak_rss_mb", 1 / 1024),
         Column("Peak GPU (GiB)", "peak_gpu_mb", 1 / 1024),
-        Column("Tokens trained (M)", "tokens_trained", 1e-6),
     ]
+    columns += [Column(header, key, scale) for pruner in results.pruners.values() for header, key, scale in pruner.cost_stats]
     return _grouped_table(results, "Cost", columns, ["Peak GPU is missing where no GPU was used.", SEEDS_NOTE])
 
 

@@ -45,8 +45,13 @@ class Sparsity:
         return cls(value)
 
     def label(self) -> str:
-        """Stable text form used in records and file names."""
-        return f"{self.n}:{self.m}" if self.is_nm else f"{self.ratio:.2f}"
+        """Exact text form used in records and file names: `parse(label())` gives this value back.
+        Two decimals where they are exact (0.50, as every record so far), else the shortest exact
+        decimal (0.125, 0.555); N:M as written (2:4)."""
+        if self.is_nm:
+            return f"{self.n}:{self.m}"
+        short = f"{self.ratio:.2f}"
+        return short if float(short) == self.ratio else repr(self.ratio)
 
     def __str__(self) -> str:
         return self.label()

@@ -20,6 +20,7 @@ matmul, which over 20 iterations costs more than the one-off inverse (benchmarks
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -54,53 +55,80 @@ class ADMMConfig(LayerwiseConfig):
             raise HarnessError("admm.percdamp must be non-negative and admm.rho positive")
 
 
+MaskAt = Callable[[torch.Tensor, "int | None"], torch.Tensor]
+"""`mask_at(scores, step)` -> keep-mask [in × out] on |W̃+U| at ADMM iteration `step` (None: the
+one-shot mask chosen before the iterations)."""
+
+
+def select_admm_mask(scores: torch.Tensor, sparsity: Sparsity, step: int | None, cfg: ADMMConfig) -> torch.Tensor:
+    """ADMM's keep-mask [in × out] on |W̃+U| at iteration `step`, with its sparsity schedule."""
+    ramps = sparsity.is_nm or cfg.per_out or cfg.gradual
+    ratio = sparsity.ratio
+    if step is not None and ramps:
+        ratio -= ratio * (1 - (step + 1) / cfg.iterative_prune) ** 3
+    if sparsity.is_nm:
+        protected = nm_mask(scores.T, sparsity.n, sparsity.m).T
+        return lowest_mask_matrix(scores.masked_fill(protected, torch.inf), ratio)
+    if cfg.per_out:
+        return lowest_mask_rows(scores.T, ratio).T
+    return lowest_mask_matrix(scores, ratio)
+
+
+def admm_solve(weight: torch.Tensor, gram: torch.Tensor, mask_at: MaskAt, cfg: ADMMConfig) -> torch.Tensor:
+    """ADMM's layer reconstruction: weight [out, in] and the input Gram XᵀX [in, in] -> the pruned,
+    updated weight [out, in]. The mask comes from `mask_at` (re-chosen during the first
+    `cfg.iterative_prune` iterations; once, up front, when that is 0)."""
+    XX = gram.clone()
+    norm = XX.diagonal().sqrt() + 1e-8
+    XX /= norm[:, None]
+    XX /= norm[None, :]
+    XX.diagonal().add_(cfg.percdamp * XX.diagonal().mean())
+    W = (weight * norm).T.contiguous()  # W̃ [in x out]
+
+    if cfg.iters == 0:
+        return (W * mask_at(W.abs(), None)).T / norm
+    if cfg.iterative_prune == 0:
+        mask = mask_at(W.abs(), None)
+    XY = XX @ W
+    XX.diagonal().add_(cfg.rho)
+    factor = torch.linalg.cholesky(XX)
+    del XX  # peak memory: two in x in matrices at a time
+    XXinv = torch.cholesky_inverse(factor)
+    del factor
+    U = torch.zeros_like(W)
+    for step in range(cfg.iters):
+        V = W + U
+        if step < cfg.iterative_prune:
+            mask = mask_at(V.abs(), step)
+        Z = V * mask
+        U = V - Z  # U + W̃ − Z
+        W = XXinv @ (XY + cfg.rho * (Z - U))
+    return ((W + U) * mask).T / norm
+
+
+def admm_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: Sparsity, cfg: ADMMConfig) -> torch.Tensor:
+    """ADMM pruning of one matrix: the mask selected by ADMM's schedule at `sparsity`."""
+    return admm_solve(weight, gram, lambda scores, step: select_admm_mask(scores, sparsity, step, cfg), cfg)
+
+
+def admm_reconstruct(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tensor, cfg: ADMMConfig) -> torch.Tensor:
+    """ADMM's weight update on a fixed keep-mask [out, in] (e.g. a learned one): the kept weights
+    re-fitted to minimise ‖X(W' − W)ᵀ‖, the pruned ones zero. `cfg.iterative_prune` must be 0."""
+    if cfg.iterative_prune != 0:
+        raise ValueError("admm_reconstruct keeps its mask fixed: pass a config with iterative_prune=0")
+    fixed = keep.T.to(weight.device)
+    return admm_solve(weight, gram, lambda scores, step: fixed, cfg)
+
+
 class ADMMPruner(LayerwisePruner):
     """Layer reconstruction by ADMM on Wanda-preconditioned weights; mask and weights both change."""
 
     name = "admm"
     Config = ADMMConfig
+    report_rank = 40
 
     def accumulator(self, linear: nn.Linear) -> GramAccumulator:
         return GramAccumulator(linear.in_features, linear.weight.device)
 
-    def _mask(self, scores: torch.Tensor, sparsity: Sparsity, step: int | None) -> torch.Tensor:
-        """Keep-mask on |W̃+U| [in × out] at iteration `step` (None: the final, one-shot mask)."""
-        ramps = sparsity.is_nm or self.config.per_out or self.config.gradual
-        ratio = sparsity.ratio
-        if step is not None and ramps:
-            ratio -= ratio * (1 - (step + 1) / self.config.iterative_prune) ** 3
-        if sparsity.is_nm:
-            protected = nm_mask(scores.T, sparsity.n, sparsity.m).T
-            return lowest_mask_matrix(scores.masked_fill(protected, torch.inf), ratio)
-        if self.config.per_out:
-            return lowest_mask_rows(scores.T, ratio).T
-        return lowest_mask_matrix(scores, ratio)
-
     def prune_matrix(self, weight: torch.Tensor, stats: GramAccumulator, sparsity: Sparsity) -> torch.Tensor:
-        cfg = self.config
-        XX = stats.gram.clone()
-        norm = XX.diagonal().sqrt() + 1e-8
-        XX /= norm[:, None]
-        XX /= norm[None, :]
-        XX.diagonal().add_(cfg.percdamp * XX.diagonal().mean())
-        W = (weight * norm).T.contiguous()  # W̃ [in x out]
-
-        if cfg.iters == 0:
-            return (W * self._mask(W.abs(), sparsity, None)).T / norm
-        if cfg.iterative_prune == 0:
-            mask = self._mask(W.abs(), sparsity, None)
-        XY = XX @ W
-        XX.diagonal().add_(cfg.rho)
-        factor = torch.linalg.cholesky(XX)
-        del XX  # peak memory: two in x in matrices at a time
-        XXinv = torch.cholesky_inverse(factor)
-        del factor
-        U = torch.zeros_like(W)
-        for step in range(cfg.iters):
-            V = W + U
-            if step < cfg.iterative_prune:
-                mask = self._mask(V.abs(), sparsity, step)
-            Z = V * mask
-            U = V - Z  # U + W̃ − Z
-            W = XXinv @ (XY + cfg.rho * (Z - U))
-        return ((W + U) * mask).T / norm
+        return admm_prune(weight, stats.gram, sparsity, self.config)

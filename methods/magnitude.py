@@ -23,6 +23,7 @@ class MagnitudePruner(Pruner):
     """Smallest |W| pruned per matrix (papers' baseline), per row, or globally; no calibration."""
 
     name = "magnitude"
+    report_rank = 10
     Config = MagnitudeConfig
     supports_nm = True
     needs_calibration = False

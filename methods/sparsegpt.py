@@ -26,7 +26,6 @@ from harness.accumulators import GramAccumulator
 from harness.engine import LayerwiseConfig, LayerwisePruner
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, nm_mask
-from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 
 
@@ -76,10 +75,11 @@ class SparseGPTPruner(LayerwisePruner):
     """Optimal Brain Surgeon pruning, column by column, with the remaining weights updated."""
 
     name = "sparsegpt"
+    report_rank = 30
     Config = SparseGPTConfig
 
-    def check_supported(self, sparsity: Sparsity, ctx: PruneContext) -> None:
-        super().check_supported(sparsity, ctx)
+    def check_sparsity(self, sparsity: Sparsity) -> None:
+        super().check_sparsity(sparsity)
         if sparsity.is_nm and self.config.blocksize % sparsity.m:
             raise HarnessError(f"sparsegpt.blocksize ({self.config.blocksize}) must be a multiple of M={sparsity.m}")
 

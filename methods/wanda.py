@@ -27,6 +27,7 @@ class WandaPruner(LayerwisePruner):
     """Weights times input-activation norms, lowest per row pruned, weights otherwise unchanged."""
 
     name = "wanda"
+    report_rank = 20
     Config = WandaConfig
 
     def accumulator(self, linear: nn.Linear) -> InputNormAccumulator:

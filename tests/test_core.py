@@ -18,7 +18,7 @@ from harness.pruner import PruneContext, Pruner
 from harness.registry import PRUNERS, Registry, get_pruner
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from methods.magnitude import MagnitudePruner
+from harness.methods.magnitude import MagnitudePruner
 
 
 @pytest.mark.parametrize("text,ratio,nm", [("0.5", 0.5, (0, 0)), ("0.6", 0.6, (0, 0)), ("2:4", 0.5, (2, 4)), ("4:8", 0.5, (4, 8)), ("0", 0.0, (0, 0))])

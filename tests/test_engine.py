@@ -17,7 +17,7 @@ from harness.errors import HarnessError
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, find_linears
-from methods.wanda import WandaPruner
+from harness.methods.wanda import WandaPruner
 from tests.conftest import tiny_gemma3, tiny_llama
 
 

@@ -11,7 +11,7 @@ from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from methods.magnitude import MagnitudePruner
+from harness.methods.magnitude import MagnitudePruner
 
 pytestmark = pytest.mark.slow
 

@@ -12,28 +12,27 @@ import torch
 
 from harness.config import build_config
 from harness.errors import HarnessError
-from harness.mask_training import (
+from harness.methods.leap.checkpoint import Checkpoint
+from harness.methods.leap.config import Budget
+from harness.methods.leap.relaxed_mask import (
     LOGIT_PARAM,
-    BlockWindows,
-    Budget,
-    Checkpoint,
     LearnableMasks,
-    Schedule,
     hard_masks,
     init_logits,
     noise_seed,
     pack_mask,
     sample_masked_weight,
-    subsample_curve,
-    train_masks,
     unpack_mask,
 )
+from harness.methods.leap.schedules import Schedule
+from harness.methods.leap.training import subsample_curve, train_masks
+from harness.methods.leap.windows import BlockWindows
 from harness.masks import prune_count
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from methods.leap import CHECKPOINT_FILE, LEAPConfig, LEAPPruner
-from methods.magnitude import MagnitudePruner
+from harness.methods.leap import CHECKPOINT_FILE, LEAPConfig, LEAPPruner
+from harness.methods.magnitude import MagnitudePruner
 from tests.conftest import tiny_llama
 
 VOCAB = 256
@@ -313,8 +312,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_resumed_training_gives_the_same_logits(tmp_path):
-    config = LEAPConfig(**SMALL, checkpoint_every=3)
-    budget = Budget.resolve(config, torch.device("cpu"))
+    config = LEAPConfig(**SMALL, checkpoint_every=3).resolve(torch.device("cpu"))
+    budget = Budget.of(config)
     data = markov_windows(budget.sequences, budget.seqlen)
     source = lambda start, count: data[start : start + count]  # noqa: E731
     path = tmp_path / "ckpt.pt"
@@ -323,7 +322,7 @@ def test_resumed_training_gives_the_same_logits(tmp_path):
         model = tiny_llama()
         _, masks = attach(model, seed)
         with masks.installed():
-            outcome = train_masks(model, masks, windows, config, budget, 0.5, 0, path, resume, {"run": 1}, progress=False)
+            outcome = train_masks(model, masks, windows, config, 0.5, 0, path, resume, {"run": 1}, progress=False)
         return masks.logits, outcome.curve
 
     logits_a, curve_a = train(0, source)

@@ -11,8 +11,8 @@ from harness.data import c4_windows
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
-from methods.leap import LEAPPruner
-from methods.wanda import WandaPruner
+from harness.methods.leap import LEAPPruner
+from harness.methods.wanda import WandaPruner
 
 pytestmark = pytest.mark.slow
 

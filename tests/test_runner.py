@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.mask_training import Budget
-from harness.runner import RunSettings, cell_identity, cell_path, plan_cells, run_sweep
+from harness.methods.leap import Budget
+from harness.plan import plan_cells
+from harness.runner import run_sweep
+from harness.settings import RunSettings
 from harness.store import read_record
 from tests.helpers import tiny_model_folder
 
@@ -61,23 +63,21 @@ def test_cell_identity_holds_the_device_resolved_config(model_dir, tmp_path):
     """LEAP's budget depends on the device: a CPU cell must not stand in for the GPU cell."""
     cpu = _settings(model_dir, tmp_path, methods=["leap"], dtype="bfloat16")
     gpu = dataclasses.replace(cpu, device="cuda")
-    cpu_leap, gpu_leap = (plan_cells(s)[1] for s in (cpu, gpu))
-    assert cell_identity(cpu_leap, cpu)["config"]["steps"] == Budget.CPU[0]
-    assert cell_identity(gpu_leap, gpu)["config"]["steps"] == Budget.GPU[0]
-    assert cell_path(cpu_leap, cpu) != cell_path(gpu_leap, gpu)
+    cpu_leap, gpu_leap = (plan_cells(s.resolved())[1] for s in (cpu, gpu))
+    assert cpu_leap.identity["config"]["steps"] == Budget.CPU[0]
+    assert gpu_leap.identity["config"]["steps"] == Budget.GPU[0]
+    assert cpu_leap.path != gpu_leap.path
     magnitude = _settings(model_dir, tmp_path)
-    assert cell_path(plan_cells(magnitude)[1], magnitude) == cell_path(
-        plan_cells(magnitude)[1], dataclasses.replace(magnitude, device="cuda")
-    )
+    assert plan_cells(magnitude.resolved())[1].path == plan_cells(dataclasses.replace(magnitude, device="cuda").resolved())[1].path
 
 
 def test_rerun_skips_finished_cells_and_fills_missing(model_dir, tmp_path, data_dir):
     settings = _settings(model_dir, tmp_path)
     first = run_sweep(settings, log=lambda _: None).records
     resolved = settings.resolved()
-    missing = cell_path(plan_cells(resolved)[2], resolved)
+    missing = plan_cells(resolved)[2].path
     missing.unlink()
-    kept = cell_path(plan_cells(resolved)[1], resolved)
+    kept = plan_cells(resolved)[1].path
     stamp = kept.stat().st_mtime_ns
     lines: list[str] = []
     second = run_sweep(settings, log=lines.append).records
@@ -97,7 +97,7 @@ def test_changed_settings_make_new_cells(model_dir, tmp_path, data_dir):
 def test_interrupted_sweep_loses_only_the_cell_in_progress(model_dir, tmp_path, data_dir, monkeypatch):
     """Ctrl-C during the second pruned cell: earlier records survive intact, no partial file is
     left, and a re-run computes only what is missing."""
-    import methods.magnitude as magnitude
+    import harness.methods.magnitude as magnitude
 
     calls = {"n": 0}
     original = magnitude.MagnitudePruner.prune
@@ -177,7 +177,7 @@ def test_missing_data_dir_is_a_clear_error(monkeypatch, capsys, tmp_path, model_
 
 def test_unreadable_record_is_a_clear_error(monkeypatch, capsys, tmp_path, model_dir, data_dir):
     settings = _settings(model_dir, tmp_path, sparsities=["0.5"]).resolved()
-    path = cell_path(plan_cells(settings)[0], settings)
+    path = plan_cells(settings)[0].path
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
     code, _, err = _cli(

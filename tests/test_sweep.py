@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.runner import RunSettings, plan_cells, run_sweep
+from harness.sparsity import Sparsity
+from harness.plan import plan_cells
+from harness.runner import run_sweep
+from harness.settings import RunSettings
 from harness.sweep import load_sweep
 from tests.helpers import tiny_model_folder
 
@@ -22,8 +25,8 @@ def model_dir(tmp_path_factory):
 @pytest.mark.parametrize("name", ["cpu-smoke.yaml", "paper.yaml"])
 def test_shipped_sweeps_validate(name):
     settings = load_sweep(SWEEPS / name)
-    cells = plan_cells(RunSettings(**{k: v for k, v in settings.items() if k not in ("executor", "address")}))
-    assert {"magnitude", "wanda", "sparsegpt", "admm", "leap"} <= {c.method for c in cells}
+    cells = plan_cells(RunSettings(**settings).resolved())
+    assert {"magnitude", "wanda", "sparsegpt", "admm", "leap"} <= {c.cell.method for c in cells}
 
 
 def _write(tmp_path, text: str) -> Path:
@@ -34,9 +37,9 @@ def _write(tmp_path, text: str) -> Path:
 
 def test_sweep_file_sets_methods_and_overrides(tmp_path):
     settings = load_sweep(_write(tmp_path, "models: smollm2-135m\nmethods:\n  magnitude: {scope: row}\n  wanda:\nsparsities: [0.5, '2:4']\nseeds: [0, 1]\nlimit: 20\n"))
-    assert settings["methods"] == ["magnitude", "wanda"]
+    assert settings["methods"] == ("magnitude", "wanda")
     assert settings["overrides"] == {"magnitude": {"scope": "row"}}
-    assert settings["sparsities"] == ["0.5", "2:4"] and settings["seeds"] == [0, 1] and settings["limit"] == 20
+    assert settings["sparsities"] == (Sparsity(0.5), Sparsity.parse("2:4")) and settings["seeds"] == (0, 1) and settings["limit"] == 20
 
 
 @pytest.mark.parametrize(
@@ -47,7 +50,7 @@ def test_sweep_file_sets_methods_and_overrides(tmp_path):
         ("sparsities: [1.5]\n", ":1: sparsities"),
         ("methods:\n  magnitude: {scope: diagonal}\n", ":2: magnitude.scope must be one of"),
         ("methods:\n  wanda: {}\n  magnitud: {}\n", ":3: unknown method 'magnitud'"),
-        ("limit: -3\n", ":1: limit takes a non-negative integer"),
+        ("limit: -3\n", ":1: limit takes a positive integer"),
         ("- just\n- a list\n", "a sweep file is a mapping"),
         ("models: [a\n", "not valid YAML"),
     ],
@@ -65,15 +68,18 @@ def _settings(model_dir, out, **changes) -> RunSettings:
 
 
 def test_cell_filter_runs_one_cell(model_dir, tmp_path, data_dir):
-    outcome = run_sweep(_settings(model_dir, tmp_path), cell_index=2, log=lambda _: None)
+    outcome = run_sweep(_settings(model_dir, tmp_path, cell_index=2), log=lambda _: None)
     assert [(r["method"], r["sparsity_label"]) for r in outcome.records] == [("magnitude", "0.60")]
     assert len(list(tmp_path.rglob("*.json"))) == 1
     with pytest.raises(HarnessError, match="outside the plan's 3 cells"):
-        run_sweep(_settings(model_dir, tmp_path), cell_index=3, log=lambda _: None)
+        run_sweep(_settings(model_dir, tmp_path, cell_index=3), log=lambda _: None)
 
 
 def test_failing_cell_is_reported_and_others_go_on(model_dir, tmp_path, data_dir):
-    outcome = run_sweep(_settings(model_dir, tmp_path, models=["nobody/no-such-model", model_dir], sparsities=["0.5"]), log=lambda _: None)
-    assert {f.cell.model for f in outcome.failures} == {"nobody/no-such-model"}
+    broken = tmp_path / "broken-model"  # passes the up-front check (a folder with a config.json), fails to load
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    outcome = run_sweep(_settings(model_dir, tmp_path / "res", models=[str(broken), model_dir], sparsities=["0.5"]), log=lambda _: None)
+    assert {f.cell.model for f in outcome.failures} == {str(broken)}
     assert all("cannot load model" in f.error for f in outcome.failures)
     assert len(outcome.records) == 2 and all(r["model"] == model_dir for r in outcome.records)

@@ -8,10 +8,11 @@ import copy
 
 import pytest
 
-from harness.evaluation.zeroshot import SUITES, ZeroShotResult, evaluate_zeroshot
+from harness.evaluation.suites import SUITES
+from harness.evaluation.zeroshot import ZeroShotResult, evaluate_zeroshot
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
-from methods.magnitude import MagnitudePruner
+from harness.methods.magnitude import MagnitudePruner
 
 LIMIT = 30
 MMLU_LIMIT = 1

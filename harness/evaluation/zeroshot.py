@@ -22,12 +22,9 @@ from lm_eval.models.huggingface import HFLM
 from harness.data import data_root
 from harness.errors import HarnessError
 from harness.evaluation.tasks.local_data import HELLASWAG_VARIANTS
-from harness.evaluation.tasks.local_task import TASK_DIRS, build_task, task_manager
+from harness.evaluation.suites import resolve_tasks
+from harness.evaluation.tasks.local_task import build_task, task_manager
 
-SUITES: dict[str, list[str]] = {
-    "leap6": ["mmlu", "piqa", "arc_easy", "arc_challenge", "winogrande", "openbookqa"],
-    "wanda7": ["boolq", "rte", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "openbookqa"],
-}
 DEFAULT_BATCH_SIZE = "auto"
 """lm-eval's "auto": on GPU its OOM probe; on CPU (see `_InMemoryHFLM`) the largest batch, up to
 `CPU_MAX_BATCH_SIZE`, whose logits for the longest request fit in half the free memory."""
@@ -40,26 +37,6 @@ _CPU_MEMORY_FRACTION = 0.5
 
 PRIMARY_METRIC = "acc"
 _METRICS = ("acc", "acc_norm")
-
-
-def resolve_tasks(spec: str | list[str] | None) -> list[str]:
-    """'leap6' | 'wanda7' | 'piqa,arc_easy' | mixtures -> ordered, de-duplicated lm-eval task names.
-    None, '' or 'none' -> [] (skip zero-shot). Unknown names raise one HarnessError line."""
-    if spec is None:
-        return []
-    parts = spec.split(",") if isinstance(spec, str) else list(spec)
-    names: list[str] = []
-    for part in (p.strip().lower() for p in parts):
-        if part in ("", "none"):
-            continue
-        if part in SUITES:
-            names.extend(SUITES[part])
-        elif part in TASK_DIRS:
-            names.append(part)
-        else:
-            valid = ", ".join([*SUITES, *TASK_DIRS])
-            raise HarnessError(f"unknown zero-shot task {part!r}; valid: {valid}, or 'none'")
-    return list(dict.fromkeys(names))
 
 
 @dataclass

@@ -20,21 +20,8 @@ from lm_eval.api.task import ConfigurableTask, Task
 from lm_eval.tasks import TaskManager
 from lm_eval.tasks._factory import TaskFactory
 
+from harness.evaluation.suites import TASK_DIRS
 from harness.evaluation.tasks.local_data import local_data
-
-TASK_DIRS = {
-    "mmlu": "mmlu/default",
-    "piqa": "piqa",
-    "arc_easy": "arc",
-    "arc_challenge": "arc",
-    "winogrande": "winogrande",
-    "openbookqa": "openbookqa",
-    "boolq": "super_glue/boolq",
-    "rte": "glue/rte",
-    "hellaswag": "hellaswag",
-}
-"""The supported lm-eval names (tasks; `mmlu` is a group) and where their official YAML lives
-inside `lm_eval/tasks`."""
 
 LM_EVAL_TASKS_DIR = Path(lm_eval.tasks.__file__).parent
 

@@ -6,7 +6,7 @@ the target sparsity; its keep-mask is read from the zeros it left and the dense 
 back. The float32 logit buffers hold the dense weights meanwhile, so the prior costs no copy
 beyond the logits themselves. (2) θ ~ N(0, 0.014²) per matrix, shifted by ±3·std(θ) where the prior
 keeps/prunes. (3) The logits train on C4 `train` windows (disjoint from the calibration windows
-the prior used) with relaxed-Bernoulli masks (harness/mask_training.py). (4) The hard mask is an
+the prior used) with relaxed-Bernoulli masks (relaxed_mask.py, training.py). (4) The hard mask is an
 exact global top-k of θ at the target sparsity (`final_mask=topk`, so every method is compared at
 the same sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported),
 and W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept
@@ -20,64 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from harness.accumulators import GramAccumulator
 from harness.data import c4_windows
+from harness.engine import prune_layerwise
 from harness.errors import HarnessError
-from harness.mask_training import (
-    BlockWindows,
-    Budget,
-    Checkpoint,
-    LearnableMasks,
-    MaskTrainingConfig,
-    WindowSource,
-    hard_masks,
-    init_logits,
-    pack_mask,
-    subsample_curve,
-    train_masks,
-    unpack_mask,
-)
+from harness.methods.admm import ADMMConfig, admm_reconstruct
+from harness.methods.leap.checkpoint import Checkpoint
+from harness.methods.leap.config import Budget, LEAPConfig
+from harness.methods.leap.relaxed_mask import LearnableMasks, hard_masks, init_logits, pack_mask, unpack_mask
+from harness.methods.leap.training import subsample_curve, train_masks
+from harness.methods.leap.windows import BlockWindows, WindowSource
 from harness.pruner import PruneContext, Pruner
 from harness.registry import get_pruner
 from harness.sparsity import Sparsity
-from methods.admm import ADMMPruner
 
 CHECKPOINT_FILE = "leap_ckpt.pt"
-
-
-@dataclass
-class LEAPConfig(MaskTrainingConfig):
-    prior: str = "wanda"  # registered pruner giving the initial mask (the paper's text says magnitude)
-    final_mask: Literal["topk", "threshold"] = "topk"  # exact global top-k of θ, or θ > 0 (reference)
-    refit: bool = False  # re-fit the kept weights on the final mask (ADMM update, fixed mask)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.prior == "leap":
-            raise HarnessError("leap.prior must be a one-shot method such as wanda or magnitude, not leap")
-        get_pruner(self.prior)  # an unknown name fails here, with the registry's suggestion
-
-
-class _FixedMaskADMM(ADMMPruner):
-    """ADMM's layer reconstruction with the mask given instead of selected (`iterative_prune=0`
-    makes ADMM ask for its mask once, before the updates)."""
-
-    def __init__(self, keep: dict[str, torch.Tensor]) -> None:
-        super().__init__(iterative_prune=0)
-        self.keep = keep  # [out, in] boolean per targeted linear name
-        self._current: torch.Tensor | None = None
-
-    def prune_named(self, name: str, weight: torch.Tensor, stats: Any, sparsity: Sparsity) -> torch.Tensor:
-        self._current = self.keep[name].to(weight.device)
-        return self.prune_matrix(weight, stats, sparsity)
-
-    def _mask(self, scores: torch.Tensor, sparsity: Sparsity, step: int | None) -> torch.Tensor:
-        return self._current.T
 
 
 class LEAPPruner(Pruner):
@@ -85,6 +47,15 @@ class LEAPPruner(Pruner):
 
     name = "leap"
     Config = LEAPConfig
+    report_rank = 50
+    cost_stats = (("Tokens trained (M)", "tokens_trained", 1e-6),)
+
+    @classmethod
+    def report_figures(cls, records: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
+        from harness.methods.leap.report import training_figure
+
+        curves = [r for r in records if (r.get("method_stats") or {}).get("train_curve")]
+        return [("leap_training", "LEAP training curves", training_figure(curves))] if curves else []
 
     def exact_sparsity(self) -> bool:
         return self.config.final_mask == "topk"
@@ -103,7 +74,7 @@ class LEAPPruner(Pruner):
         cfg = self.config
         linears = ctx.targets(model)
         device = next(iter(linears.values())).weight.device
-        budget = Budget.resolve(cfg, device)
+        budget = Budget.of(cfg)
         fingerprint = {
             "config": cfg.to_dict(),
             "budget": dataclasses.asdict(budget),
@@ -127,7 +98,6 @@ class LEAPPruner(Pruner):
                 masks,
                 self.training_windows(ctx, budget),
                 cfg,
-                budget,
                 target_density=1.0 - sparsity.ratio,
                 seed=ctx.seed,
                 checkpoint_path=checkpoint_path,
@@ -154,7 +124,7 @@ class LEAPPruner(Pruner):
             "train_curve": subsample_curve(outcome.curve),
         }
         if cfg.refit:
-            stats["refit"] = self._refit(model, linears, keep, sparsity, ctx)
+            stats["refit"] = self._refit(model, linears, keep, ctx)
         else:
             with torch.no_grad():
                 for name, linear in linears.items():
@@ -186,17 +156,24 @@ class LEAPPruner(Pruner):
 
     @torch.no_grad()
     def _refit(
-        self, model: nn.Module, linears: dict[str, nn.Linear], keep: dict[str, torch.Tensor], sparsity: Sparsity, ctx: PruneContext
+        self, model: nn.Module, linears: dict[str, nn.Linear], keep: dict[str, torch.Tensor], ctx: PruneContext
     ) -> dict[str, Any]:
         """Sequential layer-wise re-fit of the dense weights on the fixed final mask: each linear's
         kept weights minimise ‖X(W' − W)ᵀ‖ on the inputs X of the already re-fitted model, solved
-        by ADMM's update (default admm settings) with `_FixedMaskADMM` supplying LEAP's mask."""
+        by ADMM's update (default admm settings, the mask fixed) on the shared layer-wise engine."""
         if ctx.calibration is None:
             raise HarnessError("leap.refit needs calibration data; pass --nsamples > 0")
         start = time.perf_counter()
-        admm = _FixedMaskADMM(keep)
-        admm.prune_linears(model, linears, ctx.calibration, sparsity, ctx.progress)
-        return {"seconds": round(time.perf_counter() - start, 2), "solver": "admm", "admm": admm.config.to_dict()}
+        admm = ADMMConfig(iterative_prune=0)
+
+        def refit(name: str, weight: torch.Tensor, stats: GramAccumulator) -> torch.Tensor:
+            return admm_reconstruct(weight, stats.gram, keep[name], admm)
+
+        def accumulator(linear: nn.Linear) -> GramAccumulator:
+            return GramAccumulator(linear.in_features, linear.weight.device)
+
+        prune_layerwise(model, linears, ctx.calibration, accumulator, refit, admm, ctx.progress)
+        return {"seconds": round(time.perf_counter() - start, 2), "solver": "admm", "admm": admm.to_dict()}
 
 
 def _changed_fraction(keep: dict[str, torch.Tensor], prior_bits: dict[str, Any]) -> float:

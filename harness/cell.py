@@ -1,0 +1,133 @@
+"""One cell, start to finish: load the model fresh, calibrate, prune, check by counting zeros,
+evaluate, and write the record atomically."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from harness.data import c4_windows
+from harness.errors import HarnessError
+from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
+from harness.memory import PeakMemory
+from harness.models import load_model, needs_bos_per_window
+from harness.plan import PlannedCell
+from harness.provenance import git_commit, package_versions
+from harness.pruner import PruneContext
+from harness.registry import get_pruner
+from harness.settings import RunSettings
+from harness.store import SCHEMA_VERSION, slug, write_record
+
+
+def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Load, calibrate, prune, verify, evaluate and write one planned cell; return its record."""
+    cell, identity = planned.cell, planned.identity
+    timings: dict[str, float] = {}
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        model, tokenizer = load_model(cell.model, torch.device(settings.device), getattr(torch, settings.dtype))
+        timings["load"] = time.perf_counter() - start
+
+        prune_info: dict[str, Any] = {}
+        if planned.config is not None:
+            prune_info = _prune(planned, settings, model, tokenizer, timings, log)
+
+        start = time.perf_counter()
+        metrics, per_item, eval_info = _evaluate(model, tokenizer, settings, identity["evaluation"])
+        timings["eval"] = time.perf_counter() - start
+
+        if settings.save_model is not None:
+            _save_model(model, tokenizer, settings.save_model, planned)
+
+    record = {
+        "schema": SCHEMA_VERSION,
+        "model": cell.model,
+        "method": cell.method,
+        "sparsity": cell.sparsity.ratio,
+        "sparsity_label": cell.sparsity.label(),
+        "seed": cell.seed,
+        "config": identity.get("config", {}),
+        "calibration": identity.get("calibration"),
+        "evaluation": {**identity["evaluation"], **eval_info},
+        "realized_sparsity": prune_info.get("realized_sparsity", 0.0),
+        "layer_sparsity": prune_info.get("layer_sparsity", {}),
+        "metrics": metrics,
+        "per_item": per_item,
+        "method_stats": prune_info.get("stats", {}),
+        "timings": timings,
+        "peak_rss_mb": round(memory.rss_mb, 1),
+        "peak_gpu_mb": round(memory.gpu_mb, 1),
+        "device": settings.device,
+        "dtype": settings.dtype,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "config_hash": planned.config_hash,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_record(planned.path, record)
+    return record
+
+
+def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timings, log) -> dict[str, Any]:
+    cell = planned.cell
+    pruner_cls = get_pruner(cell.method)
+    pruner = pruner_cls(planned.config)
+    bos_per_window = needs_bos_per_window(model)
+    start = time.perf_counter()
+    calibration = None
+    if pruner_cls.needs_calibration:
+        calibration = c4_windows(
+            tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir, bos_per_window
+        )
+    timings["calibrate"] = time.perf_counter() - start
+    ctx = PruneContext(
+        tokenizer=tokenizer,
+        calibration=calibration,
+        data_dir=settings.data_dir,
+        seed=cell.seed,
+        target_pattern=settings.target_pattern,
+        workdir=planned.path.with_suffix(".work"),
+        progress=settings.progress,
+        bos_per_window=bos_per_window,
+    )
+    torch.manual_seed(cell.seed)
+    result = pruner.run(model, cell.sparsity, ctx)
+    timings["prune"] = result.seconds
+    if pruner.exact_sparsity() and result.realized_sparsity < cell.sparsity.ratio - 1e-6:
+        raise HarnessError(
+            f"{cell.method} left {result.realized_sparsity:.6f} zeros, below the target {cell.sparsity.ratio}: a bug in the method"
+        )
+    log(f"  {cell.method} @ {cell.sparsity.label()}: realized sparsity {result.realized_sparsity:.4f} in {result.seconds:.1f}s")
+    return dataclasses.asdict(result)
+
+
+def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any]):
+    metrics: dict[str, float] = {}
+    per_item: dict[str, dict[str, int]] = {}
+    info: dict[str, Any] = {}
+    windows = wikitext2_windows(tokenizer, settings.seqlen, settings.ppl_tokens, needs_bos_per_window(model), settings.data_dir)
+    metrics["wikitext2_ppl"] = window_perplexity(model, windows, progress=settings.progress, desc="wikitext2 ppl")
+    info["ppl_windows"] = int(windows.shape[0])
+    if evaluation["tasks"]:
+        from harness.evaluation.zeroshot import evaluate_zeroshot
+
+        result = evaluate_zeroshot(
+            model, tokenizer, evaluation["tasks"], data_dir=settings.data_dir, limit=evaluation["limit"],
+            batch_size=settings.eval_batch_size, hellaswag=settings.hellaswag, progress=settings.progress,
+        )
+        metrics.update(result.metrics)
+        per_item = result.per_item
+        info.update({"n_items": result.n_items, **result.info})
+    return metrics, per_item, info
+
+
+def _save_model(model, tokenizer, root: Path, planned: PlannedCell) -> None:
+    cell = planned.cell
+    target = Path(root) / slug(cell.model) / cell.method / f"{cell.sparsity.label().replace(':', 'of')}_seed{cell.seed}"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)

@@ -1,0 +1,157 @@
+"""The plan of a sweep: its cells (models × methods × sparsities × seeds, dense rows first), each
+with its method config resolved for the device, its identity, hash and record path, computed
+once; and every check that can refuse the run before any model is loaded.
+
+`plan_cells` needs only the settings (a sweep for GPUs can be planned on a laptop);
+`check_environment` then asks the machine: is the device there, does each model exist, are the
+data files present."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.config import PrunerConfig, build_config, stable_hash
+from harness.data import C4_FILE, WIKITEXT2_FILE, data_file
+from harness.errors import HarnessError
+from harness.models import check_model_spec
+from harness.registry import get_pruner
+from harness.settings import DENSE, RunSettings
+from harness.sparsity import Sparsity
+from harness.store import record_path
+
+DENSE_SPARSITY = Sparsity(0.0)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the sweep grid. Picklable, so an executor can ship it elsewhere."""
+
+    model: str
+    method: str
+    sparsity: Sparsity
+    seed: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.model} {self.method} {self.sparsity.label()} seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell with everything derived from it once: the method's resolved config (None for the
+    dense row), the identity that names its record, that identity's hash and the record's path."""
+
+    cell: Cell
+    config: PrunerConfig | None
+    identity: dict[str, Any]
+    config_hash: str
+    path: Path
+
+
+def method_configs(settings: RunSettings) -> dict[str, PrunerConfig]:
+    """Each pruning method's config: the sweep's overrides, validated, with the defaults that
+    depend on the device (LEAP's budget) resolved for `settings.device`. A sparsity the method
+    cannot produce is refused here."""
+    import torch
+
+    unknown = set(settings.overrides) - set(settings.methods)
+    if unknown:
+        raise HarnessError(f"--set names method(s) not in --methods: {', '.join(sorted(unknown))}")
+    device = torch.device(settings.device)
+    configs = {}
+    for method in settings.methods:
+        if method == DENSE:
+            if settings.overrides.get(DENSE):
+                raise HarnessError("the dense model takes no --set options")
+            continue
+        pruner_cls = get_pruner(method)
+        config = build_config(pruner_cls.Config, settings.overrides.get(method, {}), method)
+        pruner = pruner_cls(config)
+        for sparsity in settings.sparsities:
+            pruner.check_sparsity(sparsity)
+        configs[method] = config.resolve(device)
+    return configs
+
+
+def _check_settings(settings: RunSettings) -> None:
+    """What no single setting can say alone."""
+    if settings.methods == (DENSE,) and not settings.include_dense:
+        raise HarnessError("--methods dense with --no-dense leaves nothing to run; drop one of them")
+    if settings.ppl_tokens is not None and settings.ppl_tokens < settings.seqlen:
+        raise HarnessError(
+            f"--ppl-tokens {settings.ppl_tokens} is less than one perplexity window (--seqlen {settings.seqlen}); "
+            "raise it or use --ppl-tokens all"
+        )
+
+
+def evaluation_settings(settings: RunSettings) -> dict[str, Any]:
+    tasks = list(settings.tasks)
+    return {
+        "ppl_dataset": "wikitext2",
+        "ppl_seqlen": settings.seqlen,
+        "ppl_tokens": settings.ppl_tokens,
+        "tasks": tasks,
+        "limit": settings.limit if tasks else None,
+        "hellaswag": settings.hellaswag if "hellaswag" in tasks else None,
+    }
+
+
+def _identity(cell: Cell, config: PrunerConfig | None, settings: RunSettings, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Everything that changes a cell's numbers; its hash names the record file."""
+    identity: dict[str, Any] = {
+        "model": cell.model,
+        "method": cell.method,
+        "sparsity": cell.sparsity.label(),
+        "dtype": settings.dtype,
+        "evaluation": evaluation,
+        "target_pattern": settings.target_pattern,
+    }
+    if config is not None:
+        identity["config"] = config.to_dict()
+        identity["seed"] = cell.seed
+        if get_pruner(cell.method).needs_calibration:
+            identity["calibration"] = {"dataset": "c4", "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seed": cell.seed}
+    return identity
+
+
+def _planned(cell: Cell, config: PrunerConfig | None, settings: RunSettings, evaluation: dict[str, Any]) -> PlannedCell:
+    identity = _identity(cell, config, settings, evaluation)
+    digest = stable_hash(identity)
+    path = record_path(settings.out, cell.model, cell.method, cell.sparsity.label(), cell.seed, digest)
+    return PlannedCell(cell, config, identity, digest, path)
+
+
+def plan_cells(settings: RunSettings) -> list[PlannedCell]:
+    """Dense row first per model, then methods × sparsities × seeds, for resolved `settings`.
+    Refuses bad method names, configs and setting combinations before anything runs."""
+    if not settings.is_resolved:
+        raise ValueError("plan_cells takes resolved settings (RunSettings.resolved())")
+    _check_settings(settings)
+    configs = method_configs(settings)
+    evaluation = evaluation_settings(settings)
+    dense = settings.include_dense or DENSE in settings.methods
+    planned: list[PlannedCell] = []
+    for model in settings.models:
+        if dense:
+            planned.append(_planned(Cell(model, DENSE, DENSE_SPARSITY, 0), None, settings, evaluation))
+        for method, config in configs.items():
+            for sparsity in settings.sparsities:
+                for seed in settings.seeds:
+                    planned.append(_planned(Cell(model, method, sparsity, seed), config, settings, evaluation))
+    return planned
+
+
+def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
+    """Fail before any model loads when the device, a model or a data file the sweep needs is
+    not there."""
+    import torch
+
+    if settings.on_gpu and not torch.cuda.is_available():
+        raise HarnessError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
+    for model in settings.models:
+        check_model_spec(model)
+    data_file(settings.data_dir, WIKITEXT2_FILE)
+    if any(get_pruner(planned.cell.method).needs_calibration for planned in cells if planned.config is not None):
+        data_file(settings.data_dir, C4_FILE)

@@ -1,0 +1,115 @@
+"""LEAP's settings: the mask-training hyperparameters (the reference's defaults), the training
+budget with its device-dependent defaults, and LEAP's own choices (prior, final mask, refit)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from harness.config import PrunerConfig
+from harness.errors import HarnessError
+from harness.registry import get_pruner
+
+
+@dataclass
+class MaskTrainingConfig(PrunerConfig):
+    """Hyperparameters of mask learning; defaults are the reference's (Paramathic/patch, leap).
+
+    The budget fields left at None are resolved by `Budget.resolve` from the device: the paper's
+    scale on CUDA, a small budget on CPU."""
+
+    steps: int | None = None  # optimizer steps
+    batch_size: int | None = None  # sequences per micro-batch
+    grad_accum: int | None = None  # micro-batches per optimizer step
+    seqlen: int | None = None  # tokens per training sequence
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    beta2: float = 0.95
+    max_grad_norm: float = 1.0  # the reference's HF Trainer clips at 1.0; 0 disables clipping
+    tau_start: float = 4.0
+    tau_end: float = 0.05
+    scale_start: float = 25.0
+    scale_end: float = 350.0
+    init_std: float = 0.014
+    prior_strength: float = 3.0
+    sparse_reg: float = 7.0  # λ_s on |soft density − target density|
+    weight_reg: float = 10.0  # λ_w on the kept weight norm ratio, decaying linearly to 0
+    distill: float = 0.0  # weight of KL(dense teacher ‖ masked student); 0 = off (the paper)
+    checkpoint_every: int = 25  # steps between checkpoints in the run's work folder; 0 = never
+    autocast_bf16: bool | None = None  # None: on for CUDA, off for CPU
+    grad_checkpointing: bool = False  # recompute each decoder layer in backward (large models)
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "seqlen"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise HarnessError(f"leap.{name} must be at least 1, got {value}")
+        if self.seqlen is not None and self.seqlen < 2:
+            raise HarnessError(f"leap.seqlen must be at least 2, got {self.seqlen}")
+        positive = ("lr", "tau_start", "tau_end", "scale_start", "scale_end", "init_std")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise HarnessError(f"leap.{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_steps", "max_grad_norm", "prior_strength", "sparse_reg", "weight_reg", "distill", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise HarnessError(f"leap.{name} must be non-negative, got {getattr(self, name)}")
+        if not 0 < self.beta2 < 1:
+            raise HarnessError(f"leap.beta2 must be in (0, 1), got {self.beta2}")
+
+    def resolve(self, device: torch.device) -> MaskTrainingConfig:
+        budget = Budget.resolve(self, device)
+        autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
+        return dataclasses.replace(self, **dataclasses.asdict(budget), autocast_bf16=autocast)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training budget actually used: steps × grad_accum × batch_size sequences of seqlen."""
+
+    steps: int
+    batch_size: int
+    grad_accum: int
+    seqlen: int
+
+    # Paper scale (README: 2000 steps of 128 × 4096 tokens) as 32 micro-batches of 4 on one GPU.
+    GPU = (2000, 4, 32, 4096)
+    # 33k tokens: 2-4 minutes of training for SmolLM2-135M on two idle CPU cores (docs/leap.md).
+    CPU = (32, 4, 1, 256)
+
+    @classmethod
+    def resolve(cls, config: MaskTrainingConfig, device: torch.device) -> "Budget":
+        defaults = cls.GPU if device.type == "cuda" else cls.CPU
+        given = (config.steps, config.batch_size, config.grad_accum, config.seqlen)
+        return cls(*(value if value is not None else default for value, default in zip(given, defaults)))
+
+    @property
+    def sequences(self) -> int:
+        return self.steps * self.grad_accum * self.batch_size
+
+    @property
+    def tokens(self) -> int:
+        return self.sequences * self.seqlen
+
+    @classmethod
+    def of(cls, config: MaskTrainingConfig) -> "Budget":
+        """The budget of a config already resolved for its device (`config.resolve(device)`)."""
+        given = (config.steps, config.batch_size, config.grad_accum, config.seqlen)
+        if None in given:
+            raise ValueError("the LEAP config is not resolved for a device; call config.resolve(device) first")
+        return cls(*given)
+
+
+@dataclass
+class LEAPConfig(MaskTrainingConfig):
+    prior: str = "wanda"  # registered pruner giving the initial mask (the paper's text says magnitude)
+    final_mask: Literal["topk", "threshold"] = "topk"  # exact global top-k of θ, or θ > 0 (reference)
+    refit: bool = False  # re-fit the kept weights on the final mask (ADMM update, fixed mask)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.prior == "leap":
+            raise HarnessError("leap.prior must be a one-shot method such as wanda or magnitude, not leap")
+        get_pruner(self.prior)  # an unknown name fails here, with the registry's suggestion

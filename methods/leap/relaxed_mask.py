@@ -1,0 +1,241 @@
+"""LEAP's relaxed masks: one float32 logit per weight, a relaxed-Bernoulli sample per forward, and
+the hard masks read from the logits at the end.
+
+Parameterization. Every targeted linear gets one float32 logit θ per weight, registered on the
+linear as the parameter `mask_logits` (so DDP or any optimizer sees exactly the trainable set),
+and its forward becomes y = x(W ⊙ m)ᵀ + b with a fresh relaxed-Bernoulli sample per forward:
+
+    m = σ((s·θ + L)/τ),   L = log u − log(1 − u) ~ Logistic(0, 1)
+
+L is the difference of two Gumbel variables, so this equals channel 1 of the reference's two-class
+`gumbel_softmax([0, s·θ], τ)`. The weights stay frozen; `sample_masked_weight` is one autograd
+function for the mask, the masked weight and the two regularizer statistics (Σm and ‖W⊙m‖_F), with
+a hand-written backward, because on CPU the step time of mask learning is mostly elementwise passes
+over the weights, and fusing them keeps LEAP close to the cost of a dense fine-tuning step.
+
+Noise. Each linear draws its noise from a generator reseeded with (seed, step, micro-batch, layer
+index). The noise is therefore a pure function of the position in training: a resumed run sees
+the same masks as an uninterrupted one without saving RNG states, and gradient checkpointing,
+which re-runs a layer's forward during backward, recomputes the very same mask.
+
+Memory. Persistent: θ plus AdamW's two moments (three float32 copies of the targeted weights).
+Per step: the gradient of θ and, per linear, the sampled mask and masked weight kept for backward;
+gradient checkpointing bounds the latter to one decoder layer at a time."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.errors import HarnessError
+from harness.masks import lowest_mask_matrix
+
+LOGIT_PARAM = "mask_logits"
+_UNIFORM_EPS = 2.0**-24  # u is clamped to [eps, 1 − eps]: the logistic noise stays within ±16.6
+# Mask values below this are set to exactly 0. Late in the τ anneal, σ((s·θ + L)/τ) of a pruned
+# weight lands near float32's underflow, and W ⊙ m and its gradient then hold subnormal numbers,
+# which x86 arithmetic handles many times slower: one 1536 × 576 masked linear's forward and
+# backward took 363 ms instead of 20 ms at τ = 0.18, and two float32 SmolLM2 steps 12 s and 57 s
+# instead of 4.5 s (docs/leap.md). A mask of 2⁻⁶⁴ moves no output by more than |W|·2⁻⁶⁴, far below
+# float32's resolution: the same run's perplexity was unchanged (63.36) and its steps even.
+_MASK_FLOOR = 2.0**-64
+
+
+class _RelaxedMaskedWeight(torch.autograd.Function):
+    """(W ⊙ m, Σm, ‖W⊙m‖_F) with m = σ((s·θ + L)/τ); the gradient flows to θ only.
+
+    The backward is three passes over the weights: with g the gradient of W⊙m, k = s/τ and c the
+    gradient of the norm divided by the norm, ∂/∂θ = k·(∂Σm + W⊙g + c·W⊙(W⊙m))·m(1 − m)."""
+
+    @staticmethod
+    def forward(ctx, logits, weight, scale, tau, generator):  # noqa: D102 (autograd signature)
+        mask = torch.rand(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)
+        mask.logit_(eps=_UNIFORM_EPS).add_(logits, alpha=scale).div_(tau).sigmoid_()
+        mask.masked_fill_(mask < _MASK_FLOOR, 0.0)  # no subnormals downstream (see _MASK_FLOOR)
+        masked = weight * mask  # float32 (type promotion) even for a bf16 weight
+        norm = torch.linalg.vector_norm(masked)
+        masked = masked.to(weight.dtype)  # the tensor F.linear saves anyway: saving it here is free
+        ctx.save_for_backward(weight, mask, masked, norm)
+        ctx.factor = scale / tau
+        ctx.set_materialize_grads(False)
+        return masked, mask.sum(), norm
+
+    @staticmethod
+    def backward(ctx, grad_masked, grad_sum, grad_norm):  # noqa: D102
+        weight, mask, masked, norm = ctx.saved_tensors
+        factor = ctx.factor
+        base = (grad_sum if grad_sum is not None else mask.new_zeros(())).float() * factor
+        if grad_masked is None:
+            grad_masked = torch.zeros_like(mask)
+        grad = torch.addcmul(base, grad_masked.float(), weight, value=factor)
+        if grad_norm is not None and norm > 0:
+            grad.addcmul_(masked, weight, value=factor * float(grad_norm / norm))
+        return torch.ops.aten.sigmoid_backward(grad, mask), None, None, None, None  # ⊙ m(1 − m)
+
+
+def sample_masked_weight(
+    logits: torch.Tensor, weight: torch.Tensor, scale: float, tau: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One relaxed-Bernoulli sample: (W ⊙ m in W's dtype, Σm, ‖W⊙m‖_F), differentiable in θ."""
+    return _RelaxedMaskedWeight.apply(logits, weight, scale, tau, generator)
+
+
+def noise_seed(*entropy: int) -> int:
+    """A 63-bit generator seed from integers such as (seed, step, micro-batch, layer)."""
+    return int(np.random.SeedSequence([int(e) for e in entropy]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class SamplingState:
+    """What the masked forwards of one model share: the current τ and s, where in training the
+    noise comes from, whether to bypass the masks (dense teacher), and the statistics the
+    regularizers need, recorded only while `recording` (not when a checkpointed layer re-runs)."""
+
+    tau: float = 1.0
+    scale: float = 1.0
+    entropy: tuple[int, ...] = (0,)
+    dense: bool = False
+    recording: bool = False
+    mask_sums: list[torch.Tensor] = field(default_factory=list)
+    kept_norms: list[torch.Tensor] = field(default_factory=list)
+    _generators: dict[torch.device, torch.Generator] = field(default_factory=dict)
+
+    def generator(self, index: int, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = self._generators[device] = torch.Generator(device=device)
+        return gen.manual_seed(noise_seed(*self.entropy, index))
+
+
+def _masked_forward(linear: nn.Linear, state: SamplingState, index: int, x: torch.Tensor) -> torch.Tensor:
+    if state.dense:
+        return F.linear(x, linear.weight, linear.bias)
+    logits = getattr(linear, LOGIT_PARAM)
+    weight, mask_sum, kept_norm = sample_masked_weight(
+        logits, linear.weight, state.scale, state.tau, state.generator(index, logits.device)
+    )
+    if state.recording:
+        state.mask_sums.append(mask_sum)
+        state.kept_norms.append(kept_norm)
+    return F.linear(x, weight, linear.bias)
+
+
+class LearnableMasks:
+    """Logits attached to the frozen linears of a model: `install` freezes every parameter of the
+    model and makes the linears sample a relaxed mask; `remove` restores plain linears and the
+    parameters' `requires_grad` flags. One instance per model."""
+
+    def __init__(self, model: nn.Module, linears: dict[str, nn.Linear], logits: dict[str, torch.Tensor]) -> None:
+        if linears.keys() != logits.keys():
+            raise ValueError("logits must be given for exactly the targeted linears")
+        self.model = model
+        self.linears = linears
+        self.logits = {name: nn.Parameter(logits[name], requires_grad=True) for name in linears}
+        self.state = SamplingState()
+        self.numel = sum(t.numel() for t in self.logits.values())
+        with torch.no_grad():
+            self.weight_norm = float(sum(torch.linalg.vector_norm(lin.weight.float()) for lin in linears.values()))
+        self._requires_grad: dict[nn.Parameter, bool] = {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.logits.values())
+
+    def install(self) -> None:
+        self._requires_grad = {param: param.requires_grad for param in self.model.parameters()}
+        for param in self._requires_grad:
+            param.requires_grad_(False)
+        for index, (name, linear) in enumerate(self.linears.items()):
+            linear.register_parameter(LOGIT_PARAM, self.logits[name])
+            linear.forward = functools.partial(_masked_forward, linear, self.state, index)
+
+    def remove(self) -> None:
+        for linear in self.linears.values():
+            linear._parameters.pop(LOGIT_PARAM, None)
+            linear.__dict__.pop("forward", None)
+        for param, flag in self._requires_grad.items():
+            param.requires_grad_(flag)
+        self._requires_grad = {}
+
+    @contextmanager
+    def installed(self) -> Iterator["LearnableMasks"]:
+        self.install()
+        try:
+            yield self
+        finally:
+            self.remove()
+
+    def begin_forward(self, entropy: tuple[int, ...], tau: float, scale: float) -> None:
+        """Set the noise source and temperature of the next forward and start recording."""
+        state = self.state
+        state.entropy, state.tau, state.scale = entropy, tau, scale
+        state.mask_sums.clear()
+        state.kept_norms.clear()
+        state.recording = True
+
+    def end_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global soft density Σm/N and kept-weight ratio Σ‖W⊙m‖/Σ‖W‖ of the forward just run."""
+        state = self.state
+        state.recording = False
+        if len(state.mask_sums) != len(self.linears):
+            raise HarnessError(
+                f"{len(state.mask_sums)} of {len(self.linears)} masked linears ran in the forward; "
+                "every targeted linear must be used by the model's forward"
+            )
+        density = torch.stack(state.mask_sums).sum() / self.numel
+        kept = torch.stack(state.kept_norms).sum() / self.weight_norm
+        return density, kept
+
+    @contextmanager
+    def dense(self) -> Iterator[None]:
+        """Forwards inside see the unmasked weights (the distillation teacher shares them)."""
+        self.state.dense = True
+        try:
+            yield
+        finally:
+            self.state.dense = False
+
+
+# --------------------------------------------------------------------------- initialization and hard masks
+
+
+def init_logits(
+    keep: torch.Tensor, std: float, strength: float, generator: torch.Generator, out: torch.Tensor
+) -> torch.Tensor:
+    """θ ~ N(0, std²), then θ += strength·std(θ)·prior with prior = ±1 where `keep` is True/False
+    (the reference's `_init_normal_` + `_apply_tile_prior_`, per matrix). Written into `out`."""
+    out.normal_(0.0, std, generator=generator)
+    shift = strength * float(out.std())
+    out.add_(torch.where(keep.to(out.device), shift, -shift))
+    return out
+
+
+def hard_masks(logits: dict[str, torch.Tensor], sparsity: float | None) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks from the logits: an exact global top-k at `sparsity`, or θ > 0 (the
+    reference's threshold) when `sparsity` is None."""
+    if sparsity is None:
+        return {name: theta.detach() > 0 for name, theta in logits.items()}
+    flat = torch.cat([theta.detach().flatten() for theta in logits.values()])
+    keep = lowest_mask_matrix(flat, sparsity)
+    del flat
+    masks: dict[str, torch.Tensor] = {}
+    offset = 0
+    for name, theta in logits.items():
+        masks[name] = keep[offset : offset + theta.numel()].view_as(theta)
+        offset += theta.numel()
+    return masks
+
+
+def pack_mask(keep: torch.Tensor) -> np.ndarray:
+    """A boolean mask as bits (1/32 of its float32 logits), e.g. the prior kept for statistics."""
+    return np.packbits(keep.flatten().cpu().numpy())
+
+
+def unpack_mask(bits: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    return torch.from_numpy(np.unpackbits(bits, count=like.numel()).astype(bool)).view(like.shape).to(like.device)

@@ -1,0 +1,210 @@
+"""LEAP's training loop: AdamW on the mask logits of a frozen model, one loop read top to bottom.
+
+Loss per micro-batch, divided by grad_accum (the reference's MaskTrainer):
+    CE + λ_s·|density − target| − λ_w·(1 − t/T)·Σ‖W⊙m‖/Σ‖W‖ (+ distill·KL)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.errors import HarnessError
+from harness.methods.leap.checkpoint import Checkpoint
+from harness.methods.leap.config import Budget, MaskTrainingConfig
+from harness.methods.leap.relaxed_mask import LearnableMasks
+from harness.methods.leap.schedules import Schedule
+from harness.methods.leap.windows import WindowSource
+
+CURVE_POINTS = 500  # the training curve in a record is subsampled to at most this many points
+
+
+@dataclass
+class TrainingOutcome:
+    curve: list[dict[str, float]]
+    resumed_from: int
+    seconds: float  # training time, including the time before a resume
+    seconds_per_step: float
+
+
+def subsample_curve(curve: list[dict[str, float]], points: int = CURVE_POINTS) -> list[dict[str, float]]:
+    """At most `points` evenly spaced entries, always keeping the first and the last."""
+    if len(curve) <= points:
+        return curve
+    picks = np.unique(np.linspace(0, len(curve) - 1, points).round().astype(int))
+    return [curve[i] for i in picks]
+
+
+def _autocast(device: torch.device, enabled: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16) if enabled else nullcontext()
+
+
+@contextmanager
+def _training_mode(model: nn.Module, grad_checkpointing: bool) -> Iterator[None]:
+    """train() for the duration (HF only checkpoints in training mode); non-reentrant
+    checkpointing, because the regularizer statistics leave the checkpointed layers.
+
+    Denormals are flushed to zero meanwhile: at small τ most masks saturate, and m(1 − m) and the
+    gradients through it land in the denormal range, where x86 arithmetic is several times slower
+    (fused AdamW 5× in a micro-benchmark). Such gradients are far too small to move a logit, so
+    flushing them changes nothing that matters. The flag reaches only this thread and threads
+    started later, not an intra-op pool that already runs (as in the runner, after the prior), so
+    the mask itself is floored too (`_MASK_FLOOR`). torch has no getter for this flag; it is off
+    by default and is switched off again afterwards."""
+    was_training = model.training
+    if grad_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise HarnessError(f"{type(model).__name__} does not support gradient checkpointing; set leap.grad_checkpointing=false")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        model.train(was_training)
+        if grad_checkpointing:
+            model.gradient_checkpointing_disable()
+
+
+def _distillation_loss(model: nn.Module, masks: LearnableMasks, batch: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """KL(teacher ‖ student) per token, the teacher being the same model with masks off."""
+    with torch.no_grad(), masks.dense():
+        teacher = model(input_ids=batch).logits.float()
+    vocab = student.shape[-1]
+    return F.kl_div(
+        F.log_softmax(student.float().view(-1, vocab), dim=-1),
+        F.log_softmax(teacher.view(-1, vocab), dim=-1),
+        log_target=True,
+        reduction="batchmean",
+    )
+
+
+def _micro_batch_loss(
+    model: nn.Module, masks: LearnableMasks, batch: torch.Tensor, config: MaskTrainingConfig, target_density: float, bonus: float
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One micro-batch's loss (before the division by grad_accum) and its logged parts."""
+    device = batch.device
+    with _autocast(device, config.autocast_bf16):
+        out = model(input_ids=batch, labels=batch)
+    density, kept = masks.end_forward()
+    loss = out.loss.float() + config.sparse_reg * (density - target_density).abs() - bonus * kept
+    parts = {"ce": out.loss.item(), "density": density.item(), "kept": kept.item()}
+    if config.distill > 0:
+        with _autocast(device, config.autocast_bf16):
+            kl = _distillation_loss(model, masks, batch, out.logits)
+        loss = loss + config.distill * kl
+        parts["kl"] = kl.item()
+    return loss, parts
+
+
+def _checked_grad_norm(params: list[nn.Parameter], step: int) -> torch.Tensor:
+    grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+    if not torch.isfinite(grad_norm):
+        raise HarnessError(f"LEAP training diverged at step {step}: the gradient norm is {grad_norm.item()}; lower leap.lr")
+    return grad_norm
+
+
+def train_masks(
+    model: nn.Module,
+    masks: LearnableMasks,
+    windows: WindowSource,
+    config: MaskTrainingConfig,
+    target_density: float,
+    seed: int,
+    checkpoint_path: Path | None = None,
+    resume: Checkpoint | None = None,
+    fingerprint: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> TrainingOutcome:
+    """Train the logits of `masks` (installed on `model`) for the budget of `config`, which is
+    resolved for the device (`config.resolve(device)`); resume from `resume`.
+
+    A checkpoint is written every `config.checkpoint_every` steps when `checkpoint_path` is set.
+    A non-finite loss or gradient stops training with an error naming the step."""
+    budget = Budget.of(config)
+    params = masks.parameters()
+    device = params[0].device
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0, fused=True)
+    schedule = Schedule(budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end))
+    start, curve, seconds_before = 0, [], 0.0
+    if resume is not None:
+        with torch.no_grad():
+            for name, theta in masks.logits.items():
+                theta.copy_(resume.logits[name])
+        optimizer.load_state_dict(resume.optimizer)
+        start, curve, seconds_before = resume.step, list(resume.curve), resume.seconds
+
+    begin = time.perf_counter()
+    bar = tqdm(range(start, budget.steps), desc="leap", disable=not progress, initial=start, total=budget.steps)
+    with _training_mode(model, config.grad_checkpointing):
+        for step in bar:
+            step_start = time.perf_counter()
+            tau, scale = schedule.tau_at(step), schedule.scale_at(step)
+            lr = config.lr * schedule.lr_factor(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            bonus = config.weight_reg * schedule.weight_reg_factor(step)
+            totals = dict.fromkeys(("loss", "ce", "kl", "density", "kept"), 0.0)
+            for micro in range(budget.grad_accum):
+                batch = windows((step * budget.grad_accum + micro) * budget.batch_size, budget.batch_size).to(device)
+                masks.begin_forward((seed, step, micro), tau, scale)
+                loss, parts = _micro_batch_loss(model, masks, batch, config, target_density, bonus)
+                if not torch.isfinite(loss):
+                    raise HarnessError(
+                        f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
+                        "check the model's weights for NaN/inf or lower leap.lr"
+                    )
+                (loss / budget.grad_accum).backward()
+                for key, value in {"loss": loss.item(), **parts}.items():
+                    totals[key] += value / budget.grad_accum
+                del loss
+            grad_norm = _checked_grad_norm(params, step)
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            curve.append(_curve_point(step, totals, tau, scale, lr, grad_norm, time.perf_counter() - step_start, config.distill > 0))
+            bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals['ce']:.3f}", density=f"{totals['density']:.3f}", tau=f"{tau:.2f}")
+            done = step + 1
+            if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < budget.steps:
+                Checkpoint(
+                    step=done,
+                    logits={name: theta.detach().cpu() for name, theta in masks.logits.items()},
+                    optimizer=optimizer.state_dict(),
+                    curve=curve,
+                    seconds=seconds_before + time.perf_counter() - begin,
+                    extra=extra or {},
+                    fingerprint=fingerprint or {},
+                ).save(checkpoint_path)
+    elapsed = time.perf_counter() - begin
+    steps_run = budget.steps - start
+    return TrainingOutcome(
+        curve=curve,
+        resumed_from=start,
+        seconds=seconds_before + elapsed,
+        seconds_per_step=elapsed / steps_run if steps_run else 0.0,
+    )
+
+
+def _curve_point(step: int, totals: dict[str, float], tau: float, scale: float, lr: float, grad_norm: torch.Tensor, seconds: float, distill: bool) -> dict[str, float]:
+    """One logged step of the training curve (kl only when distilling)."""
+    return {
+        "step": step,
+        **{key: round(value, 6) for key, value in totals.items() if key != "kl" or distill},
+        "tau": round(tau, 6),
+        "scale": round(scale, 4),
+        "lr": lr,
+        "grad_norm": round(grad_norm.item(), 6),
+        "seconds": round(seconds, 3),
+    }
