@@ -35,24 +35,24 @@ from torch import nn
 
 from harness.accumulators import GramAccumulator, InputNormAccumulator, InputStatistics
 from harness.data import c4_windows
-from harness.device import resolve_device, resolve_dtype
 from harness.engine import LayerwiseEngine
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
-from harness.models import DEFAULT_MODEL, load_model, needs_bos_per_window
-from harness.pruner import PruneContext
-from harness.registry import get_pruner
-from harness.sparsity import Sparsity
-from harness.targets import decoder_layers, find_linears
 from harness.methods.admm import ADMMPruner
 from harness.methods.sparsegpt import SparseGPTPruner, inverse_hessian_factor
 from harness.methods.wanda import WandaPruner
+from harness.models import DEFAULT_MODEL, load_model, needs_bos_per_window
+from harness.pruner import PruneContext
+from harness.registry import get_pruner
+from harness.settings import RunSettings
+from harness.sparsity import Sparsity
+from harness.targets import decoder_layers, find_linears
 
 
 def _load(args: argparse.Namespace) -> tuple[nn.Module, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    return load_model(args.model, device, resolve_dtype(args.dtype, device))
+    settings = RunSettings(device=args.device, dtype=args.dtype).resolved()  # the harness's device defaults
+    return load_model(args.model, torch.device(settings.device), getattr(torch, settings.dtype))
 
 
 def _calibration(tokenizer: Any, args: argparse.Namespace) -> torch.Tensor:

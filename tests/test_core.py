@@ -96,7 +96,7 @@ def test_plugin_discovered_through_entry_point(tmp_path, monkeypatch):
     (tmp_path / "fancy_plugin.py").write_text(
         textwrap.dedent(
             '''
-            from harness.pruner import Pruner
+            from harness import Pruner
 
             class HalfPruner(Pruner):
                 """Zero the first half of every targeted row."""
