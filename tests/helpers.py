@@ -28,3 +28,19 @@ def tiny_model_folder(root: Path, seed: int = 0) -> Path:
     model.save_pretrained(root)
     tokenizer.save_pretrained(root)
     return root
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    """`harness ARGS` in this process: (exit code, stdout, stderr)."""
+    import sys
+
+    from harness.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["harness", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exit_:
+        code = exit_.code
+    out, err = capsys.readouterr()
+    return code, out, err

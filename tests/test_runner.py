@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from harness.cli import main
 from harness.methods.leap import Budget
 from harness.plan import plan_cells
 from harness.runner import run_sweep
 from harness.settings import RunSettings
 from harness.store import read_record
-from tests.helpers import tiny_model_folder
+from tests.helpers import run_cli, tiny_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -136,17 +134,6 @@ def test_save_model_round_trip_keeps_sparsity(model_dir, tmp_path, data_dir):
     assert overall == pytest.approx(records[0]["realized_sparsity"])
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 @pytest.mark.parametrize(
     "args,needle",
     [
@@ -164,14 +151,14 @@ def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
     ],
 )
 def test_bad_input_gives_one_line_error(monkeypatch, capsys, tmp_path, args, needle):
-    code, _, err = _cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--tasks", "none", *args)
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--tasks", "none", *args)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1
     assert needle in err
 
 
 def test_missing_data_dir_is_a_clear_error(monkeypatch, capsys, tmp_path, model_dir):
-    code, _, err = _cli(monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu")
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu")
     assert code == 2 and "missing data file" in err and "--data-dir" in err and err.count("\n") == 1
 
 
@@ -180,7 +167,7 @@ def test_unreadable_record_is_a_clear_error(monkeypatch, capsys, tmp_path, model
     path = plan_cells(settings)[0].path
     path.parent.mkdir(parents=True)
     path.write_text("{not json")
-    code, _, err = _cli(
+    code, _, err = run_cli(
         monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report",
     )
@@ -189,7 +176,7 @@ def test_unreadable_record_is_a_clear_error(monkeypatch, capsys, tmp_path, model
 
 def test_cli_run_prints_summary(monkeypatch, capsys, tmp_path, model_dir, data_dir):
     """The CLI path with every default that a user leaves alone, the data root included."""
-    code, out, _ = _cli(
+    code, out, _ = run_cli(
         monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "piqa", "--limit", "2", "--sparsity", "0.5",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report",
     )
@@ -200,7 +187,7 @@ def test_cli_run_prints_summary(monkeypatch, capsys, tmp_path, model_dir, data_d
 
 
 def test_list_names_methods_models_suites(monkeypatch, capsys):
-    code, out, _ = _cli(monkeypatch, capsys, "list")
+    code, out, _ = run_cli(monkeypatch, capsys, "list")
     assert code == 0
     for name in ("magnitude", "wanda", "sparsegpt", "admm", "leap", "smollm2-135m", "gemma3-270m", "leap6", "wanda7"):
         assert name in out
@@ -208,14 +195,14 @@ def test_list_names_methods_models_suites(monkeypatch, capsys):
 
 def test_cli_report_on_real_sweep_records(monkeypatch, capsys, tmp_path, model_dir, data_dir):
     run_sweep(_settings(model_dir, tmp_path / "res"), log=lambda _: None)
-    code, out, _ = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "dense", "--out", str(tmp_path / "rep"))
+    code, out, _ = run_cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "dense", "--out", str(tmp_path / "rep"))
     assert code == 0
     assert "magnitude" in out and (tmp_path / "rep" / "main.md").exists() and (tmp_path / "rep" / "main.tex").exists()
     index = (tmp_path / "rep" / "README.md").read_text()
     assert f"Made with `harness report {tmp_path / 'res'} --baseline dense --out {tmp_path / 'rep'}`" in index
-    code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "admm", "--out", str(tmp_path / "rep2"))
+    code, _, err = run_cli(monkeypatch, capsys, "report", str(tmp_path / "res"), "--baseline", "admm", "--out", str(tmp_path / "rep2"))
     assert code == 2 and "baseline method 'admm' has no records" in err
-    code, _, err = _cli(monkeypatch, capsys, "report", str(tmp_path / "nothing"))
+    code, _, err = run_cli(monkeypatch, capsys, "report", str(tmp_path / "nothing"))
     assert code == 2 and "does not exist" in err
 
 
@@ -224,7 +211,7 @@ def test_run_reports_only_its_own_sweep(monkeypatch, capsys, tmp_path, model_dir
     of the report that `harness run` writes at the end."""
     monkeypatch.chdir(tmp_path)
     run_sweep(_settings(model_dir, tmp_path / "res" / "older", methods=["wanda"], sparsities=["0.6"]), log=lambda _: None)
-    code, _, _ = _cli(
+    code, _, _ = run_cli(
         monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path / "res"), "--tasks", "none", "--sparsity", "0.5",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32",
     )

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main, run_options_table
+from harness.cli import run_options_table
 from harness.plan import plan_cells
 from harness.settings import SETTINGS, RunSettings
 from harness.sparsity import Sparsity
 from harness.sweep import load_sweep
-from tests.helpers import tiny_model_folder
+from tests.helpers import run_cli, tiny_model_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,17 +27,6 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return str(tiny_model_folder(tmp_path_factory.mktemp("tiny")))
-
-
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["harness", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -71,7 +60,7 @@ def no_model_loads(monkeypatch):
     ],
 )
 def test_bad_input_is_refused_up_front(monkeypatch, capsys, tmp_path, no_model_loads, args, needle):
-    code, out, err = _cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--tasks", "none", "--device", "cpu", *args)
+    code, out, err = run_cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--tasks", "none", "--device", "cpu", *args)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err + out
     assert needle in err
@@ -79,7 +68,7 @@ def test_bad_input_is_refused_up_front(monkeypatch, capsys, tmp_path, no_model_l
 
 
 def test_empty_methods_error_says_how_to_evaluate_dense(monkeypatch, capsys, tmp_path, no_model_loads):
-    _, _, err = _cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--methods", "")
+    _, _, err = run_cli(monkeypatch, capsys, "run", "--out", str(tmp_path), "--methods", "")
     assert "--methods dense" in err
 
 
@@ -99,7 +88,7 @@ def test_sparsity_labels_round_trip_exactly(text, label):
 
 
 def test_sparsity_0125_reaches_the_record_exactly(model_dir, tmp_path, data_dir, monkeypatch, capsys):
-    code, _, _ = _cli(
+    code, _, _ = run_cli(
         monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--sparsity", "0.125",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "256", "--device", "cpu", "--dtype", "float32", "--no-report", "--no-dense",
     )
