@@ -14,11 +14,11 @@ from harness.config import PrunerConfig, build_config
 from harness.data import as_windows, c4_windows
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, lowest_mask_rows, nm_mask, prune_count
+from harness.methods.magnitude import MagnitudePruner
 from harness.pruner import PruneContext, Pruner
 from harness.registry import PRUNERS, Registry, get_pruner
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from harness.methods.magnitude import MagnitudePruner
 
 
 @pytest.mark.parametrize("text,ratio,nm", [("0.5", 0.5, (0, 0)), ("0.6", 0.6, (0, 0)), ("2:4", 0.5, (2, 4)), ("4:8", 0.5, (4, 8)), ("0", 0.0, (0, 0))])

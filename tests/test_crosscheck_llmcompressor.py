@@ -19,9 +19,9 @@ from llmcompressor.modifiers.pruning.sparsegpt import sgpt_sparsify  # noqa: E40
 from llmcompressor.modifiers.pruning.wanda import wanda_sparsify  # noqa: E402
 
 from harness.masks import prune_count  # noqa: E402
-from harness.sparsity import Sparsity  # noqa: E402
 from harness.methods.sparsegpt import SparseGPTPruner  # noqa: E402
 from harness.methods.wanda import WandaPruner  # noqa: E402
+from harness.sparsity import Sparsity  # noqa: E402
 from tests.test_layerwise_methods import correlated_inputs, reconstruction_error, stats_of  # noqa: E402
 
 ROWS, COLUMNS, TOKENS = 96, 384, 2048  # three 128-column SparseGPT blocks

@@ -14,10 +14,10 @@ import torch
 from harness.accumulators import GramAccumulator, InputNormAccumulator, InputStatistics
 from harness.engine import LayerwiseEngine
 from harness.errors import HarnessError
+from harness.methods.wanda import WandaPruner
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, find_linears
-from harness.methods.wanda import WandaPruner
 from tests.conftest import tiny_gemma3, tiny_llama
 
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
+from harness.methods.magnitude import MagnitudePruner
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from harness.methods.magnitude import MagnitudePruner
 
 pytestmark = pytest.mark.slow
 

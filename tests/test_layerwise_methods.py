@@ -13,12 +13,12 @@ from harness.accumulators import GramAccumulator, InputNormAccumulator
 from harness.engine import LayerwiseEngine
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, nm_mask, prune_count, select_mask
-from harness.pruner import PruneContext
-from harness.sparsity import Sparsity
-from harness.targets import find_linears, target_linears
 from harness.methods.admm import ADMMPruner
 from harness.methods.sparsegpt import SparseGPTPruner, block_quotas, inverse_hessian_factor
 from harness.methods.wanda import WandaPruner
+from harness.pruner import PruneContext
+from harness.sparsity import Sparsity
+from harness.targets import find_linears, target_linears
 from tests.conftest import tiny_gemma3, tiny_llama
 from tests.test_engine import recorded_inputs
 

@@ -24,15 +24,15 @@ from harness.methods.leap.relaxed_mask import (
     sample_masked_weight,
     unpack_mask,
 )
+from harness.masks import prune_count
+from harness.methods.leap import CHECKPOINT_FILE, LEAPConfig, LEAPPruner
 from harness.methods.leap.schedules import Schedule
 from harness.methods.leap.training import subsample_curve, train_masks
 from harness.methods.leap.windows import BlockWindows
-from harness.masks import prune_count
+from harness.methods.magnitude import MagnitudePruner
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
-from harness.methods.leap import CHECKPOINT_FILE, LEAPConfig, LEAPPruner
-from harness.methods.magnitude import MagnitudePruner
 from tests.conftest import tiny_llama
 
 VOCAB = 256

@@ -9,10 +9,10 @@ import pytest
 
 from harness.data import c4_windows
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
-from harness.pruner import PruneContext
-from harness.sparsity import Sparsity
 from harness.methods.leap import LEAPPruner
 from harness.methods.wanda import WandaPruner
+from harness.pruner import PruneContext
+from harness.sparsity import Sparsity
 
 pytestmark = pytest.mark.slow
 

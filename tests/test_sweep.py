@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import HarnessError
-from harness.sparsity import Sparsity
 from harness.plan import plan_cells
 from harness.runner import run_sweep
 from harness.settings import RunSettings
+from harness.sparsity import Sparsity
 from harness.sweep import load_sweep
 from tests.helpers import tiny_model_folder
 

@@ -21,9 +21,9 @@ from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
 
 from harness.errors import HarnessError
+from harness.evaluation.suites import SUITES, resolve_tasks
 from harness.evaluation.tasks.local_data import local_data
 from harness.evaluation.tasks.local_task import build_task, task_manager
-from harness.evaluation.suites import SUITES, resolve_tasks
 from harness.evaluation.zeroshot import evaluate_zeroshot
 
 OFFICIAL_SIZES = {

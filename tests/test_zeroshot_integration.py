@@ -10,9 +10,9 @@ import pytest
 
 from harness.evaluation.suites import SUITES
 from harness.evaluation.zeroshot import ZeroShotResult, evaluate_zeroshot
+from harness.methods.magnitude import MagnitudePruner
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
-from harness.methods.magnitude import MagnitudePruner
 
 LIMIT = 30
 MMLU_LIMIT = 1
