@@ -9,6 +9,7 @@ import typing
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import HarnessError
+from harness.kinds import Switch
 
 if TYPE_CHECKING:
     import torch
@@ -46,11 +47,10 @@ def _coerce(text: str, annotation: Any, where: str) -> Any:
             raise HarnessError(f"{where} must be one of {', '.join(map(str, choices))}; got {text!r}")
         return text
     if annotation is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise HarnessError(f"{where} takes true or false; got {text!r}")
+        try:
+            return Switch().accept(text)
+        except ValueError:
+            raise HarnessError(f"{where} takes true or false; got {text!r}") from None
     if annotation in (int, float, str):
         try:
             return annotation(text)

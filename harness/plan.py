@@ -86,7 +86,7 @@ def _check_settings(settings: RunSettings) -> None:
         )
 
 
-def evaluation_settings(settings: RunSettings) -> dict[str, Any]:
+def _evaluation(settings: RunSettings) -> dict[str, Any]:
     tasks = list(settings.tasks)
     return {
         "ppl_dataset": "wikitext2",
@@ -130,7 +130,7 @@ def plan_cells(settings: RunSettings) -> list[PlannedCell]:
         raise ValueError("plan_cells takes resolved settings (RunSettings.resolved())")
     _check_settings(settings)
     configs = method_configs(settings)
-    evaluation = evaluation_settings(settings)
+    evaluation = _evaluation(settings)
     dense = settings.include_dense or DENSE in settings.methods
     planned: list[PlannedCell] = []
     for model in settings.models:
