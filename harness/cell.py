@@ -110,7 +110,7 @@ def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any
     metrics: dict[str, float] = {}
     per_item: dict[str, dict[str, int]] = {}
     info: dict[str, Any] = {}
-    windows = wikitext2_windows(tokenizer, settings.seqlen, settings.ppl_tokens, needs_bos_per_window(model), settings.data_dir)
+    windows = wikitext2_windows(tokenizer, settings.ppl_seqlen, settings.ppl_tokens, needs_bos_per_window(model), settings.data_dir)
     metrics["wikitext2_ppl"] = window_perplexity(model, windows, progress=settings.progress, desc="wikitext2 ppl")
     info["ppl_windows"] = int(windows.shape[0])
     if evaluation["tasks"]:

@@ -79,9 +79,9 @@ def _check_settings(settings: RunSettings) -> None:
     """What no single setting can say alone."""
     if settings.methods == (DENSE,) and not settings.include_dense:
         raise HarnessError("--methods dense with --no-dense leaves nothing to run; drop one of them")
-    if settings.ppl_tokens is not None and settings.ppl_tokens < settings.seqlen:
+    if settings.ppl_tokens is not None and settings.ppl_tokens < settings.ppl_seqlen:
         raise HarnessError(
-            f"--ppl-tokens {settings.ppl_tokens} is less than one perplexity window (--seqlen {settings.seqlen}); "
+            f"--ppl-tokens {settings.ppl_tokens} is less than one perplexity window (--ppl-seqlen {settings.ppl_seqlen}); "
             "raise it or use --ppl-tokens all"
         )
 
@@ -90,7 +90,7 @@ def _evaluation(settings: RunSettings) -> dict[str, Any]:
     tasks = list(settings.tasks)
     return {
         "ppl_dataset": "wikitext2",
-        "ppl_seqlen": settings.seqlen,
+        "ppl_seqlen": settings.ppl_seqlen,
         "ppl_tokens": settings.ppl_tokens,
         "tasks": tasks,
         "limit": settings.limit if tasks else None,

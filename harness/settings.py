@@ -38,6 +38,19 @@ class ByDevice:
     cpu: Any
     cuda: Any
 
+    def value(self, device_kind: str, resolved: dict[str, Any]) -> Any:
+        return getattr(self, device_kind)
+
+
+@dataclass(frozen=True)
+class SameAs:
+    """A default that follows another setting's resolved value (declared earlier)."""
+
+    setting: str
+
+    def value(self, device_kind: str, resolved: dict[str, Any]) -> Any:
+        return resolved[self.setting]
+
 
 @dataclass(frozen=True)
 class Setting:
@@ -51,7 +64,7 @@ class Setting:
     key: str | None
     shown_default: str
     default: Any = None
-    by_device: ByDevice | None = None
+    by_device: ByDevice | SameAs | None = None  # the rule that fills AUTO in `RunSettings.resolved`
 
     @property
     def option(self) -> str:
@@ -69,7 +82,7 @@ def setting(
     shown: str | None = None,
 ) -> Any:
     """A RunSettings field carrying its `Setting`. `key=""` means: the field name; None: CLI only."""
-    by_device = default if isinstance(default, ByDevice) else None
+    by_device = default if isinstance(default, (ByDevice, SameAs)) else None
     value = AUTO if by_device else default
     meta = {"flag": flag, "kind": kind, "help": help, "key": key, "shown": shown, "by_device": by_device}
     return dataclasses.field(default=value, metadata={"setting": meta})
@@ -109,7 +122,11 @@ class RunSettings:
     )
     seqlen: int = setting(
         ByDevice(cpu=512, cuda=2048), "--seqlen", Count(minimum=2, auto=True),
-        "Tokens per calibration sample, and the perplexity window.", shown="2048 on GPU, 512 on CPU",
+        "Tokens per calibration sample (and the default perplexity window).", shown="2048 on GPU, 512 on CPU",
+    )
+    ppl_seqlen: int = setting(
+        SameAs("seqlen"), "--ppl-seqlen", Count(minimum=2, auto=True),
+        "WikiText-2 perplexity window, independent of calibration (the papers use 2048 or 4096).", shown="the --seqlen",
     )
     ppl_tokens: int | None = setting(
         None, "--ppl-tokens", Count(all_word=True), "WikiText-2 test tokens to evaluate (at least one window).", shown="all"
@@ -167,7 +184,8 @@ class RunSettings:
         changes: dict[str, Any] = {"device": device}
         for name, spec in SETTINGS.items():
             if spec.by_device is not None and getattr(self, name) == AUTO:
-                changes[name] = getattr(spec.by_device, kind)
+                resolved = {field: changes.get(field, getattr(self, field)) for field in SETTINGS}
+                changes[name] = spec.by_device.value(kind, resolved)
         return dataclasses.replace(self, **changes)
 
     @property

@@ -100,6 +100,16 @@ def test_sparsity_0125_reaches_the_record_exactly(model_dir, tmp_path, data_dir,
     assert record["realized_sparsity"] == 0.125  # every tiny matrix has a multiple of 8 entries
 
 
+def test_perplexity_window_is_its_own_setting(model_dir, tmp_path, data_dir):
+    from harness.runner import run_sweep
+
+    assert RunSettings(device="cpu", seqlen=128).resolved().ppl_seqlen == 128  # follows --seqlen by default
+    settings = RunSettings(models=model_dir, methods="dense", out=tmp_path, nsamples=2, seqlen=32, ppl_seqlen=64, ppl_tokens=256, tasks="none", device="cpu", dtype="float32", progress=False)
+    [record] = run_sweep(settings, log=lambda _: None).records
+    assert record["evaluation"]["ppl_seqlen"] == 64 and record["evaluation"]["ppl_windows"] == 4
+    assert load_sweep(ROOT / "sweeps" / "paper.yaml")["ppl_seqlen"] == 4096
+
+
 def test_settings_parse_once_into_types():
     settings = RunSettings(models="a/b, ./c", sparsities="0.5,2:4,0.5", seeds="0,1", nsamples="8", limit="all", tasks="leap6,piqa", device="cpu")
     assert settings.models == ("a/b", "./c")
