@@ -138,6 +138,56 @@ def list_command() -> None:
         click.echo(f"  {suite:<12} {', '.join(tasks)}")
 
 
+@cli.group()
+def data() -> None:
+    """The data roots: check one against its manifest, or fetch the paper-scale sources."""
+
+
+@data.command(name="verify")
+@click.argument("root", type=click.Path(path_type=Path), required=False)
+def data_verify(root: Path | None) -> None:
+    """Check every file of ROOT (default: the data root in use) against its manifest."""
+    from harness.data import data_root
+    from harness.manifest import manifest_for, verify_folder
+
+    root = data_root(root)
+    if not root.is_dir():
+        raise HarnessError(f"data folder {root} does not exist; pass an existing folder")
+    _, manifest = manifest_for(root)
+    results = verify_folder(root)
+    bad = [(entry, why) for entry, why in results if why]
+    for entry, why in bad:
+        click.echo(f"  {entry.path} {why}", err=True)
+    click.echo(f"{root}: {len(results) - len(bad)} of {len(results)} files match {manifest}")
+    if bad:
+        raise HarnessError(f"{len(bad)} data file(s) in {root} do not match the manifest (listed above); restore or re-fetch them")
+
+
+@data.command(name="fetch")
+@click.option("--sources", default=",".join(["c4-train", "slimpajama", "wikitext2", "hellaswag"]), show_default=True, help="Comma list of sources to download.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Data root to fetch into [default: the data root in use].")
+@click.option("--tokens", type=click.IntRange(min=1), default=1_000_000_000, show_default=True, help="Size of the SlimPajama slice, in tokens of --tokenizer.")
+@click.option("--tokenizer", "tokenizer_model", default=DEFAULT_MODEL, show_default=True, help="Model whose tokenizer counts the slice's tokens.")
+def data_fetch(sources: str, out: Path | None, tokens: int, tokenizer_model: str) -> None:
+    """Download the paper-scale data (C4 train shard, SlimPajama-6B slice, WikiText-2, full HellaSwag)."""
+    from harness.data import data_root
+    from harness.fetch import fetch
+
+    names = _split(sources)
+    count_tokens = _token_counter(tokenizer_model) if "slimpajama" in names else len
+    entries = fetch(names, data_root(out), tokens, count_tokens, log=click.echo)
+    click.echo(f"fetched {len(entries)} file(s) into {data_root(out)}; `harness data verify` checks them")
+
+
+def _token_counter(model: str):
+    from transformers import AutoTokenizer
+
+    from harness.models import model_folder
+
+    tokenizer = AutoTokenizer.from_pretrained(model_folder(model))
+    return lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)
+
+
 def main() -> None:
     """Entry point: bad input exits 2 with one line on stderr, Ctrl-C exits 130 keeping records."""
     try:

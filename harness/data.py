@@ -1,4 +1,5 @@
-"""Local data: the read-only data root, C4 calibration/training windows, WikiText-2 test text.
+"""Local data: the data root (the project's `data/`, or --data-dir), C4 calibration/training
+windows, WikiText-2 test text. Every file is checked against the root's manifest before use.
 
 Only ~2000 C4 documents exist locally, so windows are cut from documents concatenated (joined by
 the EOS token) in a seeded order rather than requiring each document to exceed `seqlen`. Even
@@ -17,6 +18,7 @@ from typing import Literal
 import torch
 
 from harness.errors import HarnessError
+from harness.manifest import PROJECT_DATA, verify_file
 
 ENV_DATA_DIR = "HARNESS_DATA_DIR"
 C4_FILE = "c4/c4_validation_2k.jsonl.gz"
@@ -24,11 +26,9 @@ WIKITEXT2_FILE = "wikitext2/wikitext-2-raw-v1.test.jsonl.gz"
 
 
 def default_data_dir() -> Path:
-    """$HARNESS_DATA_DIR, else `../shared/data` beside the repository."""
+    """$HARNESS_DATA_DIR, else the project's own `data/` folder (shipped in the repository)."""
     env = os.environ.get(ENV_DATA_DIR)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return Path(env) if env else PROJECT_DATA
 
 
 def data_root(data_dir: Path | None) -> Path:
@@ -37,11 +37,12 @@ def data_root(data_dir: Path | None) -> Path:
 
 
 def data_file(data_dir: Path | None, relative: str) -> Path:
-    """Path of a data file, or a one-line error naming the fix."""
-    path = data_root(data_dir) / relative
+    """Path of a data file, checked against its manifest entry; else a one-line error naming the fix."""
+    root = data_root(data_dir)
+    path = root / relative
     if not path.exists():
-        raise HarnessError(f"missing data file {path}; point --data-dir or ${ENV_DATA_DIR} at the shared data folder")
-    return path
+        raise HarnessError(f"missing data file {path}; point --data-dir or ${ENV_DATA_DIR} at a data folder (the project's is {PROJECT_DATA})")
+    return verify_file(root, relative)
 
 
 def read_jsonl_gz(path: Path) -> list[dict]:

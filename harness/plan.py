@@ -15,6 +15,7 @@ from typing import Any
 from harness.config import PrunerConfig, build_config, stable_hash
 from harness.data import C4_FILE, WIKITEXT2_FILE, data_file
 from harness.errors import HarnessError
+from harness.fetch import HELLASWAG_FULL_FILE
 from harness.models import check_model_spec
 from harness.registry import get_pruner
 from harness.settings import DENSE, RunSettings
@@ -153,5 +154,7 @@ def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
     for model in settings.models:
         check_model_spec(model)
     data_file(settings.data_dir, WIKITEXT2_FILE)
+    if "hellaswag" in settings.tasks and settings.hellaswag == "full":
+        data_file(settings.data_dir, HELLASWAG_FULL_FILE)
     if any(get_pruner(planned.cell.method).needs_calibration for planned in cells if planned.config is not None):
         data_file(settings.data_dir, C4_FILE)

@@ -140,7 +140,8 @@ class RunSettings:
     )
     eval_batch_size: int | str = setting(AUTO, "--eval-batch-size", Count(auto=True), "lm-eval batch size (auto: the largest that fits).")
     hellaswag: str = setting(
-        "exact", "--hellaswag", Choice(("exact", "normalized")), "HellaSwag data: 1000 exact lm-eval items or all 10042 normalized."
+        "exact", "--hellaswag", Choice(("exact", "normalized", "full")),
+        "HellaSwag data: 1000 exact lm-eval items, all 10042 normalized, or all 10042 exact once fetched (`harness data fetch`)."
     )
     device: str = setting(AUTO, "--device", DeviceName(), "auto picks CUDA when present, else the CPU.")
     dtype: str = setting(
@@ -148,7 +149,7 @@ class RunSettings:
         "Model dtype.", shown="bfloat16 on GPU, float32 on CPU",
     )
     data_dir: Path | None = setting(
-        None, "--data-dir", Folder(), "Data root.", shown="$HARNESS_DATA_DIR or ../shared/data"
+        None, "--data-dir", Folder(), "Data root.", shown="$HARNESS_DATA_DIR or the project's data/"
     )
     target_pattern: str | None = setting(
         None, "--targets", Text(regex=True), "Regex over module names restricting the pruned linears.",

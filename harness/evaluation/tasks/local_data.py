@@ -1,4 +1,4 @@
-"""Local evaluation files (see `shared/data/README*.md`) converted to the Hugging Face schema that
+"""Local evaluation files (see `data/PROVENANCE*.md`) converted to the Hugging Face schema that
 lm-eval's official task configs expect, keyed by the official split name.
 
 Only the layout is converted (field names, label encodings, files split by subject); the text is
@@ -16,13 +16,15 @@ from pathlib import Path
 
 from harness.data import data_file, read_jsonl_gz
 from harness.errors import HarnessError
+from harness.fetch import HELLASWAG_FULL_FILE
 
 Records = list[dict]
 Splits = dict[str, Records]
 
-HELLASWAG_VARIANTS = {"exact": "exact-1000", "normalized": "normalized-10042"}
+HELLASWAG_VARIANTS = {"exact": "exact-1000", "normalized": "normalized-10042", "full": "full-10042"}
 """`exact`: the 1000 OLMES items carrying lm-eval's exact strings; `normalized`: all 10042 items,
-text normalized by klosax (close to, not identical with, lm-eval's prompts)."""
+text normalized by klosax (close to, not identical with, lm-eval's prompts); `full`: all 10042
+rows in the HF schema, which `harness data fetch` downloads (lm-eval's own processing, exact)."""
 
 _LETTERS = "ABCDE"
 
@@ -131,6 +133,11 @@ def hellaswag_normalized(data_dir: Path) -> Splits:
     return {"validation": records}
 
 
+def hellaswag_full(data_dir: Path) -> Splits:
+    """The HF rows as fetched (`harness data fetch --sources hellaswag`): lm-eval processes them."""
+    return {"validation": read_jsonl_gz(data_file(data_dir, HELLASWAG_FULL_FILE))}
+
+
 def mmlu(data_dir: Path, subject: str) -> Splits:
     """Headerless per-subject CSVs (question, A, B, C, D, answer letter); `dev` feeds lm-eval's
     few-shot sampler, which it builds even for zero-shot runs."""
@@ -178,6 +185,8 @@ def local_data(task: str, dataset_name: str | None, data_dir: Path, hellaswag: s
             raise HarnessError(f"unknown hellaswag variant {hellaswag!r}; use one of: {', '.join(HELLASWAG_VARIANTS)}")
         if hellaswag == "exact":
             return LocalData(hellaswag_exact(data_dir), processed=True)
+        if hellaswag == "full":
+            return LocalData(hellaswag_full(data_dir))
         return LocalData(hellaswag_normalized(data_dir))
     if task not in _READERS:
         available = ", ".join([*_READERS, "hellaswag", "mmlu_<subject>"])

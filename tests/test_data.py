@@ -1,0 +1,160 @@
+"""The project's own data and its manifest: every file verified before use (once per version),
+corrupted or truncated copies refused with one line, `harness data verify`, `harness data fetch`
+offline, the fetch conversions on local files in the hub's row formats, and a run from a fresh
+clone with no `../shared` anywhere."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.data import data_file, default_data_dir, read_jsonl_gz
+from harness.errors import HarnessError
+from harness.fetch import SOURCES, add_to_manifest, c4_rows, hellaswag_rows, slimpajama_rows, wikitext_rows, write_jsonl_gz
+from harness.manifest import MANIFEST_FILE, PROJECT_DATA, file_sha256, manifest_for, read_manifest, verify_file, verify_folder
+from tests.helpers import run_cli, tiny_model_folder
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_project_ships_its_data_and_it_matches_the_manifest():
+    assert default_data_dir() == PROJECT_DATA or "HARNESS_DATA_DIR" in os.environ
+    results = verify_folder(PROJECT_DATA)
+    assert len(results) >= 120 and all(why is None for _, why in results), [(e.path, w) for e, w in results if w]
+    entries = read_manifest(PROJECT_DATA)
+    assert entries["wikitext2/wikitext-2-raw-v1.test.jsonl.gz"].rows == 4358
+    assert entries["c4/c4_validation_2k.jsonl.gz"].rows == 2000
+    assert all(entry.source and entry.license for entry in entries.values())
+
+
+@pytest.fixture
+def copy_root(tmp_path, monkeypatch):
+    """A copy of the project's data with its manifest, and a private verification cache."""
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    shutil.copytree(PROJECT_DATA, root)
+    return root
+
+
+def test_a_corrupted_file_is_refused_with_one_line(copy_root):
+    path = copy_root / "piqa" / "valid-labels.lst"
+    text = path.read_text()
+    path.write_text(("1" if text[0] == "0" else "0") + text[1:])  # same size, one label flipped
+    with pytest.raises(HarnessError) as info:
+        data_file(copy_root, "piqa/valid-labels.lst")
+    message = str(info.value)
+    assert "\n" not in message and "piqa/valid-labels.lst" in message and "sha256" in message and "--data-dir" in message
+
+
+def test_a_truncated_file_is_refused(copy_root):
+    path = copy_root / "wikitext2" / "wikitext-2-raw-v1.test.jsonl.gz"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(HarnessError, match="truncated or changed"):
+        data_file(copy_root, "wikitext2/wikitext-2-raw-v1.test.jsonl.gz")
+
+
+def test_a_verified_file_is_not_hashed_again(copy_root, monkeypatch):
+    calls = []
+    import harness.manifest as manifest
+
+    original = manifest.file_sha256
+    monkeypatch.setattr(manifest, "file_sha256", lambda path: calls.append(path) or original(path))
+    manifest._VERIFIED.clear()
+    verify_file(copy_root, "openbookqa/test.jsonl")
+    manifest._VERIFIED.clear()  # a new process: the on-disk cache still knows the file
+    verify_file(copy_root, "openbookqa/test.jsonl")
+    assert len(calls) == 1
+
+
+def test_a_root_without_a_manifest_is_checked_against_the_projects(copy_root):
+    (copy_root / MANIFEST_FILE).unlink()
+    assert manifest_for(copy_root)[1] == PROJECT_DATA / MANIFEST_FILE
+    assert data_file(copy_root, "openbookqa/test.jsonl").exists()
+
+
+def test_data_verify_command(monkeypatch, capsys, copy_root):
+    code, out, _ = run_cli(monkeypatch, capsys, "data", "verify", str(copy_root))
+    assert code == 0 and "126 of 126 files match" in out
+    (copy_root / "rte" / "validation.parquet").write_bytes(b"not parquet")
+    code, _, err = run_cli(monkeypatch, capsys, "data", "verify", str(copy_root))
+    assert code == 2 and "rte/validation.parquet" in err and err.strip().splitlines()[-1].startswith("error: 1 data file(s)")
+
+
+def test_fetch_offline_says_so_in_one_line(monkeypatch, capsys, tmp_path):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    code, _, err = run_cli(monkeypatch, capsys, "data", "fetch", "--sources", "wikitext2", "--out", str(tmp_path / "fetched"))
+    assert code == 2 and err.count("\n") == 1 and "offline" in err and "--data-dir" in err
+    assert not (tmp_path / "fetched").exists()
+
+
+def test_wikitext_conversion_reproduces_the_shipped_file(tmp_path):
+    """HF `wikitext` rows are {text}; the shipped file holds exactly those rows."""
+    rows = read_jsonl_gz(PROJECT_DATA / "wikitext2" / "wikitext-2-raw-v1.test.jsonl.gz")
+    target = tmp_path / "w.jsonl.gz"
+    assert write_jsonl_gz(target, wikitext_rows(rows)) == 4358
+    with gzip.open(target, "rb") as a, gzip.open(PROJECT_DATA / "wikitext2" / "wikitext-2-raw-v1.test.jsonl.gz", "rb") as b:
+        assert [json.loads(line) for line in a] == [json.loads(line) for line in b]
+    assert file_sha256(target) == file_sha256(tmp_path / "w.jsonl.gz")  # deterministic bytes (no gzip time stamp)
+
+
+def test_c4_conversion_keeps_the_shipped_fields(tmp_path):
+    hub_rows = read_jsonl_gz(PROJECT_DATA / "c4" / "c4_validation_2k.jsonl.gz")[:50]  # allenai/c4 rows: text, timestamp, url
+    target = tmp_path / "c4.jsonl.gz"
+    write_jsonl_gz(target, c4_rows(hub_rows))
+    assert read_jsonl_gz(target) == hub_rows
+
+
+def test_slimpajama_slice_stops_at_the_token_budget():
+    docs = [{"text": row["text"], "meta": {"redpajama_set_name": "RedPajamaC4"}} for row in read_jsonl_gz(PROJECT_DATA / "c4" / "c4_validation_2k.jsonl.gz")[:100]]
+    words = lambda text: len(text.split())  # noqa: E731
+    out = list(slimpajama_rows(docs, tokens=5000, count_tokens=words))
+    assert sum(words(row["text"]) for row in out[:-1]) < 5000 <= sum(words(row["text"]) for row in out)
+    assert out[0] == {"text": docs[0]["text"], "set": "RedPajamaC4"}
+
+
+def test_hellaswag_conversion_feeds_lm_evals_own_processing(tmp_path):
+    """A row in the Rowan/hellaswag schema (from the shipped normalized file) goes through the
+    `full` variant into lm-eval's official `process_docs`."""
+    from harness.evaluation.tasks.local_task import build_task
+
+    klosax = read_jsonl_gz(PROJECT_DATA / "hellaswag" / "hellaswag_val_klosax.jsonl.gz")[:5]
+    hub_rows = [
+        {"ind": r["val_idx"], "activity_label": r["activity_label"], "ctx_a": r["ctx"], "ctx_b": "", "ctx": r["ctx"],
+         "endings": r["endings"], "source_id": "x", "split": "val", "split_type": "indomain", "label": str(r["label"])}
+        for r in klosax
+    ]
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / MANIFEST_FILE).write_text(json.dumps({"files": []}))
+    write_jsonl_gz(root / SOURCES["hellaswag"].file, hellaswag_rows(hub_rows))
+    add_to_manifest(root, SOURCES["hellaswag"].file, SOURCES["hellaswag"])
+    task = build_task("hellaswag", root, hellaswag="full")
+    docs = list(task.validation_docs())
+    assert len(docs) == 5 and docs[0]["gold"] == klosax[0]["label"] and len(docs[0]["choices"]) == 4
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_runs_from_its_own_data(tmp_path):
+    """Clone into an empty folder with no ../shared anywhere and run a small sweep there."""
+    clone = tmp_path / "empty" / "leap-harness"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
+    assert not (clone.parent.parent / "shared").exists() and not (clone.parent / "shared").exists()
+    model = tiny_model_folder(tmp_path / "tiny")
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_DIR", "PYTHONPATH")}
+    env["HARNESS_CACHE_DIR"] = str(tmp_path / "cache")
+    command = [sys.executable, "-m", "harness.cli", "run", "--model", str(model), "--methods", "wanda", "--tasks", "piqa", "--limit", "3",
+               "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "256", "--device", "cpu", "--no-report", "--out", "res"]
+    done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(path.read_text()) for path in (clone / "res").rglob("*.json")]
+    assert sorted(r["method"] for r in records) == ["dense", "wanda"]
+    assert all(r["evaluation"]["n_items"]["piqa"] == 3 for r in records)
