@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from harness.data import c4_windows
+from harness.data import calibration_windows
 from harness.errors import HarnessError
 from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
 from harness.memory import PeakMemory
@@ -81,8 +81,8 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
     start = time.perf_counter()
     calibration = None
     if pruner_cls.needs_calibration:
-        calibration = c4_windows(
-            tokenizer, settings.nsamples, settings.seqlen, cell.seed, "calibration", settings.data_dir, bos_per_window
+        calibration = calibration_windows(
+            tokenizer, settings.calibration, settings.nsamples, settings.seqlen, cell.seed, settings.data_dir, bos_per_window
         )
     timings["calibrate"] = time.perf_counter() - start
     ctx = PruneContext(

@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import random
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,11 +19,10 @@ from typing import Literal
 import torch
 
 from harness.errors import HarnessError
+from harness.layout import C4_FILE, C4_TRAIN_FILE, SLIMPAJAMA_FILE, WIKITEXT2_FILE
 from harness.manifest import PROJECT_DATA, verify_file
 
 ENV_DATA_DIR = "HARNESS_DATA_DIR"
-C4_FILE = "c4/c4_validation_2k.jsonl.gz"
-WIKITEXT2_FILE = "wikitext2/wikitext-2-raw-v1.test.jsonl.gz"
 
 
 def default_data_dir() -> Path:
@@ -83,16 +83,20 @@ def c4_windows(
     data_dir: Path | None = None,
     bos_per_window: bool = False,
 ) -> torch.Tensor:
-    """`nsamples` token windows of length `seqlen` from the C4 documents of one split.
+    """`nsamples` token windows of length `seqlen` from the local C4 documents of one split (even
+    documents for calibration, odd ones for training)."""
+    docs = c4_documents(data_dir)
+    return stream_windows(tokenizer, docs[0::2] if split == "calibration" else docs[1::2], nsamples, seqlen, seed, bos_per_window)
 
-    Documents are shuffled with `seed`, tokenized, joined with EOS and cut into consecutive
-    windows; if the split holds too few tokens the order is reshuffled and the stream continues."""
+
+def stream_windows(tokenizer, pool: Sequence[str], nsamples: int, seqlen: int, seed: int, bos_per_window: bool = False) -> torch.Tensor:
+    """`nsamples` windows of `seqlen` tokens from a pool of documents: shuffled with `seed`,
+    tokenized, joined with EOS and cut into consecutive windows; if the pool holds too few tokens
+    the order is reshuffled and the stream continues (a further pass over the pool)."""
     if nsamples <= 0:
         raise HarnessError("nsamples must be positive")
     if seqlen < 2:
         raise HarnessError("seqlen must be at least 2")
-    docs = c4_documents(data_dir)
-    pool = list(docs[0::2] if split == "calibration" else docs[1::2])
     rng = random.Random(seed)
     needed = nsamples * (seqlen - 1 if bos_per_window else seqlen)
     eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -106,3 +110,80 @@ def c4_windows(
             if len(stream) >= needed:
                 break
     return as_windows(stream[:needed], seqlen, tokenizer.bos_token_id if bos_per_window else None)
+
+
+@lru_cache(maxsize=2)
+def c4_train_documents(data_dir: Path | None = None) -> tuple[str, ...]:
+    """The texts of the C4 train shard (`harness data fetch --sources c4-train`)."""
+    return tuple(row["text"] for row in read_jsonl_gz(data_file(data_dir, C4_TRAIN_FILE)))
+
+
+def c4_train_windows(tokenizer, nsamples: int, seqlen: int, seed: int = 0, data_dir: Path | None = None, bos_per_window: bool = False) -> torch.Tensor:
+    """The papers' calibration (SparseGPT's and Wanda's `get_c4`): Python's `random` seeded with
+    `seed` draws documents of the C4 train shard until one is longer than `seqlen` tokens (as the
+    reference tokenizes it, special tokens included), then a random window of `seqlen` tokens in
+    it; `nsamples` times. With `bos_per_window` the window is <bos> and seqlen − 1 drawn tokens."""
+    docs = c4_train_documents(data_dir)
+    return sample_document_windows(tokenizer, docs, nsamples, seqlen, seed, bos_per_window)
+
+
+def sample_document_windows(tokenizer, docs: Sequence[str], nsamples: int, seqlen: int, seed: int, bos_per_window: bool = False) -> torch.Tensor:
+    """Random windows of random documents longer than the window (see `c4_train_windows`)."""
+    rng = random.Random(seed)  # the same draws as the reference's random.seed(seed) + random.randint
+    length = seqlen - 1 if bos_per_window else seqlen
+    rows = []
+    for _ in range(nsamples):
+        for _attempt in range(100_000):
+            ids = tokenizer(docs[rng.randint(0, len(docs) - 1)]).input_ids
+            if len(ids) > length:
+                break
+        else:
+            raise HarnessError(f"no document of the calibration corpus is longer than {length} tokens; lower --seqlen or use --calibration c4-local")
+        start = rng.randint(0, len(ids) - length - 1)
+        rows.append(ids[start : start + length])
+    windows = torch.tensor(rows, dtype=torch.long)
+    if bos_per_window:
+        windows = torch.cat([torch.full((nsamples, 1), tokenizer.bos_token_id, dtype=torch.long), windows], dim=1)
+    return windows
+
+
+@lru_cache(maxsize=2)
+def slimpajama_documents(data_dir: Path | None = None) -> tuple[str, ...]:
+    """The texts of the fetched SlimPajama-6B slice (`harness data fetch --sources slimpajama`)."""
+    return tuple(row["text"] for row in read_jsonl_gz(data_file(data_dir, SLIMPAJAMA_FILE)))
+
+
+TRAINING_FILES = {"c4-local": C4_FILE, "slimpajama": SLIMPAJAMA_FILE}
+"""Training corpora (LEAP's `corpus`) and the file each reads."""
+
+
+def training_documents(corpus: str, data_dir: Path | None = None) -> Sequence[str]:
+    """A training corpus: `c4-local` is the odd-indexed shipped C4 documents (disjoint from the
+    calibration's even ones); `slimpajama` the fetched slice (LEAP's paper)."""
+    if corpus == "slimpajama":
+        return slimpajama_documents(data_dir)
+    return c4_documents(data_dir)[1::2]
+
+
+def estimate_tokens(tokenizer, docs: Sequence[str], sample: int = 64) -> int:
+    """Tokens in `docs` (EOS separators included), from their characters and the tokens per
+    character of the first `sample` documents: cheap for a corpus of any size."""
+    head = docs[:sample]
+    chars = sum(len(doc) for doc in head)
+    tokens = sum(len(tokenizer(doc, add_special_tokens=False).input_ids) + 1 for doc in head)
+    return round(sum(len(doc) for doc in docs) * tokens / max(chars, 1))
+
+
+CALIBRATION_SOURCES = ("c4-local", "c4-train")
+
+
+def calibration_windows(tokenizer, source: str, nsamples: int, seqlen: int, seed: int, data_dir: Path | None, bos_per_window: bool) -> torch.Tensor:
+    """Calibration windows from `source`: `c4-local` (the shipped documents, concatenated) or
+    `c4-train` (the papers' shard and sampling)."""
+    if source == "c4-train":
+        return c4_train_windows(tokenizer, nsamples, seqlen, seed, data_dir, bos_per_window)
+    return c4_windows(tokenizer, nsamples, seqlen, seed, "calibration", data_dir, bos_per_window)
+
+
+def calibration_file(source: str) -> str:
+    return C4_TRAIN_FILE if source == "c4-train" else C4_FILE

@@ -19,12 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
+from harness.layout import C4_TRAIN_FILE, HELLASWAG_FULL_FILE, SLIMPAJAMA_FILE, WIKITEXT2_FILE
 from harness.manifest import PROJECT_DATA, Entry, make_entry, read_manifest, write_manifest
 
-C4_TRAIN_FILE = "c4/c4-train.00000-of-01024.jsonl.gz"
-SLIMPAJAMA_FILE = "slimpajama/slimpajama-6b-train.jsonl.gz"
-WIKITEXT2_FILE = "wikitext2/wikitext-2-raw-v1.test.jsonl.gz"
-HELLASWAG_FULL_FILE = "hellaswag/hellaswag_validation.jsonl.gz"
 
 
 def write_jsonl_gz(path: Path, rows: Iterable[dict[str, Any]]) -> int:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import PrunerConfig, build_config, stable_hash
-from harness.data import C4_FILE, WIKITEXT2_FILE, data_file
+from harness.data import calibration_file, data_file
 from harness.errors import HarnessError
-from harness.fetch import HELLASWAG_FULL_FILE
+from harness.layout import HELLASWAG_FULL_FILE, WIKITEXT2_FILE
 from harness.models import check_model_spec
 from harness.registry import get_pruner
 from harness.settings import DENSE, RunSettings
@@ -23,6 +23,9 @@ from harness.sparsity import Sparsity
 from harness.store import record_path
 
 DENSE_SPARSITY = Sparsity(0.0)
+CALIBRATION_NAMES = {"c4-local": "c4", "c4-train": "c4-train"}
+"""A calibration source's name in the identity (`c4` for the local documents, as every record
+before the setting existed)."""
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,7 @@ def _identity(cell: Cell, config: PrunerConfig | None, settings: RunSettings, ev
         identity["config"] = config.to_dict()
         identity["seed"] = cell.seed
         if get_pruner(cell.method).needs_calibration:
-            identity["calibration"] = {"dataset": "c4", "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seed": cell.seed}
+            identity["calibration"] = {"dataset": CALIBRATION_NAMES[settings.calibration], "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seed": cell.seed}
     return identity
 
 
@@ -156,5 +159,12 @@ def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
     data_file(settings.data_dir, WIKITEXT2_FILE)
     if "hellaswag" in settings.tasks and settings.hellaswag == "full":
         data_file(settings.data_dir, HELLASWAG_FULL_FILE)
-    if any(get_pruner(planned.cell.method).needs_calibration for planned in cells if planned.config is not None):
-        data_file(settings.data_dir, C4_FILE)
+    needed = set()
+    for planned in cells:
+        if planned.config is not None:
+            pruner = get_pruner(planned.cell.method)
+            needed.update(pruner.data_files(planned.config))
+            if pruner.needs_calibration:
+                needed.add(calibration_file(settings.calibration))
+    for relative in sorted(needed):
+        data_file(settings.data_dir, relative)

@@ -107,6 +107,12 @@ class Pruner(abc.ABC):
             raise HarnessError(f"{self.name} does not support N:M sparsity ({sparsity}); use an unstructured ratio")
 
     @classmethod
+    def data_files(cls, config: PrunerConfig) -> list[str]:
+        """Data files (relative to the data root) the method reads itself with `config`, beyond
+        the calibration windows; the runner checks them before any model loads."""
+        return []
+
+    @classmethod
     def report_figures(cls, records: list[dict[str, Any]]) -> list[tuple[str, str, Any]]:
         """The method's own figures for the report, from its records: (file stem, description,
         matplotlib Figure). None by default; LEAP draws its training curves."""

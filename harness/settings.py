@@ -21,6 +21,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.kinds import AUTO, Choice, Count, DeviceName, Folder, Kind, Names, Seeds, Sparsities, Switch, Tasks, Text
+from harness.layout import C4_TRAIN_FILE
 from harness.models import DEFAULT_MODEL
 from harness.sparsity import Sparsity
 
@@ -53,6 +54,20 @@ class SameAs:
 
 
 @dataclass(frozen=True)
+class IfDataFile:
+    """A default that depends on whether a data file is present in the run's data root."""
+
+    file: str
+    present: Any
+    absent: Any
+
+    def value(self, device_kind: str, resolved: dict[str, Any]) -> Any:
+        from harness.data import data_root
+
+        return self.present if (data_root(resolved["data_dir"]) / self.file).is_file() else self.absent
+
+
+@dataclass(frozen=True)
 class Setting:
     """One run setting. `flag` is its CLI option (a `--x/--no-x` pair or a lone `--no-x` for a
     switch); `key` its sweep-file key (None: command line only); `default` a value or ByDevice;
@@ -64,7 +79,7 @@ class Setting:
     key: str | None
     shown_default: str
     default: Any = None
-    by_device: ByDevice | SameAs | None = None  # the rule that fills AUTO in `RunSettings.resolved`
+    by_device: ByDevice | SameAs | IfDataFile | None = None  # the rule that fills AUTO in `RunSettings.resolved`
 
     @property
     def option(self) -> str:
@@ -82,7 +97,7 @@ def setting(
     shown: str | None = None,
 ) -> Any:
     """A RunSettings field carrying its `Setting`. `key=""` means: the field name; None: CLI only."""
-    by_device = default if isinstance(default, (ByDevice, SameAs)) else None
+    by_device = default if isinstance(default, (ByDevice, SameAs, IfDataFile)) else None
     value = AUTO if by_device else default
     meta = {"flag": flag, "kind": kind, "help": help, "key": key, "shown": shown, "by_device": by_device}
     return dataclasses.field(default=value, metadata={"setting": meta})
@@ -123,6 +138,12 @@ class RunSettings:
     seqlen: int = setting(
         ByDevice(cpu=512, cuda=2048), "--seqlen", Count(minimum=2, auto=True),
         "Tokens per calibration sample (and the default perplexity window).", shown="2048 on GPU, 512 on CPU",
+    )
+    calibration: str = setting(
+        IfDataFile(C4_TRAIN_FILE, "c4-train", "c4-local"), "--calibration", Choice((AUTO, "c4-local", "c4-train")),
+        "Calibration source: c4-train draws the papers' way from the C4 train shard (`harness data fetch`); "
+        "c4-local concatenates the shipped C4 documents.",
+        shown="c4-train when the shard is in the data root, else c4-local",
     )
     ppl_seqlen: int = setting(
         SameAs("seqlen"), "--ppl-seqlen", Count(minimum=2, auto=True),

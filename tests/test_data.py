@@ -81,7 +81,7 @@ def test_a_root_without_a_manifest_is_checked_against_the_projects(copy_root):
 
 def test_data_verify_command(monkeypatch, capsys, copy_root):
     code, out, _ = run_cli(monkeypatch, capsys, "data", "verify", str(copy_root))
-    assert code == 0 and "126 of 126 files match" in out
+    assert code == 0 and "127 of 127 files match" in out
     (copy_root / "rte" / "validation.parquet").write_bytes(b"not parquet")
     code, _, err = run_cli(monkeypatch, capsys, "data", "verify", str(copy_root))
     assert code == 2 and "rte/validation.parquet" in err and err.strip().splitlines()[-1].startswith("error: 1 data file(s)")
@@ -158,3 +158,83 @@ def test_a_fresh_clone_runs_from_its_own_data(tmp_path):
     records = [json.loads(path.read_text()) for path in (clone / "res").rglob("*.json")]
     assert sorted(r["method"] for r in records) == ["dense", "wanda"]
     assert all(r["evaluation"]["n_items"]["piqa"] == 3 for r in records)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model_folder(tmp_path_factory.mktemp("tok")))
+
+
+@pytest.fixture
+def root_with_shard(copy_root):
+    """A data root holding a C4 'train shard' made of local documents in the hub's row format."""
+    from harness.layout import C4_TRAIN_FILE
+
+    hub_rows = read_jsonl_gz(copy_root / "c4" / "c4_validation_2k.jsonl.gz")[:300]
+    write_jsonl_gz(copy_root / C4_TRAIN_FILE, c4_rows(hub_rows))
+    add_to_manifest(copy_root, C4_TRAIN_FILE, SOURCES["c4-train"])
+    return copy_root
+
+
+def _reference_get_c4(tokenizer, docs, nsamples, seqlen, seed):
+    """Wanda's `get_c4` (locuslab/wanda lib/data.py), line by line on a list of texts."""
+    import random
+
+    random.seed(seed)
+    trainloader = []
+    for _ in range(nsamples):
+        while True:
+            i = random.randint(0, len(docs) - 1)
+            trainenc = tokenizer(docs[i], return_tensors="pt")
+            if trainenc.input_ids.shape[1] > seqlen:
+                break
+        i = random.randint(0, trainenc.input_ids.shape[1] - seqlen - 1)
+        j = i + seqlen
+        trainloader.append(trainenc.input_ids[:, i:j])
+    return trainloader
+
+
+def test_c4_train_calibration_is_the_papers_sampling(root_with_shard, tokenizer):
+    import torch
+
+    from harness.data import c4_train_documents, calibration_windows
+
+    windows = calibration_windows(tokenizer, "c4-train", 6, 64, 3, root_with_shard, False)
+    reference = torch.cat(_reference_get_c4(tokenizer, c4_train_documents(root_with_shard), 6, 64, 3))
+    assert torch.equal(windows, reference)
+    again = calibration_windows(tokenizer, "c4-train", 6, 64, 3, root_with_shard, False)
+    assert torch.equal(windows, again)
+
+
+def test_calibration_source_resolves_from_the_data_root(root_with_shard, copy_root):
+    from harness.plan import plan_cells
+    from harness.settings import RunSettings
+
+    with_shard = RunSettings(device="cpu", data_dir=root_with_shard, methods="wanda", tasks="none").resolved()
+    assert with_shard.calibration == "c4-train"
+    assert plan_cells(with_shard)[1].identity["calibration"]["dataset"] == "c4-train"
+    local = RunSettings(device="cpu", methods="wanda", tasks="none").resolved()
+    assert local.calibration == "c4-local"
+    assert plan_cells(local)[1].identity["calibration"]["dataset"] == "c4"  # the name every earlier record has
+
+
+def test_c4_train_without_the_shard_is_refused_up_front(monkeypatch, capsys, tmp_path):
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--calibration", "c4-train", "--methods", "wanda", "--tasks", "none", "--device", "cpu", "--out", str(tmp_path))
+    assert code == 2 and "missing data file" in err and "c4-train.00000-of-01024" in err
+
+
+def test_leap_corpus_is_checked_up_front_and_its_passes_recorded(monkeypatch, capsys, tmp_path, tokenizer):
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--methods", "leap", "--set", "leap.corpus=slimpajama", "--tasks", "none", "--device", "cpu", "--out", str(tmp_path))
+    assert code == 2 and "slimpajama" in err and "missing data file" in err
+
+    from harness.methods.leap import Budget, LEAPPruner
+    from harness.pruner import PruneContext
+
+    leap = LEAPPruner()
+    small = leap.corpus_use(PruneContext(tokenizer=tokenizer), Budget(2, 4, 1, 64))
+    assert small["name"] == "c4-local" and 0 < small["passes"] < 1 and "warning" not in capsys.readouterr().err
+    paper = leap.corpus_use(PruneContext(tokenizer=tokenizer), Budget(2000, 4, 32, 4096))
+    assert paper["passes"] > 100
+    assert "goes through its corpus c4-local" in capsys.readouterr().err

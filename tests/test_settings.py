@@ -162,16 +162,6 @@ def test_identities_match_the_committed_reference_records():
             assert (ROOT / path).exists(), key
 
 
-def test_identity_of_a_committed_leap_record_is_unchanged():
-    """LEAP's config moved into its package; the 256-step record of 2026-11-30 keeps its name."""
-    settings = RunSettings(
-        methods="leap", sparsities="0.5", tasks="leap6", limit=100, dtype="bfloat16", include_dense=False,
-        device="cpu", overrides={"leap": {"steps": "256"}}, out=Path("results/limit100-leap256"),
-    )
-    [path] = _planned_paths(settings).values()
-    assert (ROOT / path).exists()
-
-
 def test_no_bare_methods_package_outside_the_repository(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = subprocess.run([sys.executable, "-c", "import methods"], cwd=tmp_path, capture_output=True, text=True, env=env)

@@ -107,6 +107,7 @@ class LEAPConfig(MaskTrainingConfig):
     prior: str = "wanda"  # registered pruner giving the initial mask (the paper's text says magnitude)
     final_mask: Literal["topk", "threshold"] = "topk"  # exact global top-k of θ, or θ > 0 (reference)
     refit: bool = False  # re-fit the kept weights on the final mask (ADMM update, fixed mask)
+    corpus: Literal["c4-local", "slimpajama"] = "c4-local"  # training text; slimpajama: the paper's, once fetched
 
     def validate(self) -> None:
         super().validate()

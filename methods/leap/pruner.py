@@ -19,6 +19,7 @@ the prior and continues from there. The file is deleted once the cell has been p
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from harness.accumulators import GramAccumulator
-from harness.data import c4_windows
+from harness.data import TRAINING_FILES, estimate_tokens, stream_windows, training_documents
 from harness.engine import prune_layerwise
 from harness.errors import HarnessError
 from harness.methods.admm import ADMMConfig, admm_reconstruct
@@ -40,6 +41,7 @@ from harness.registry import get_pruner
 from harness.sparsity import Sparsity
 
 CHECKPOINT_FILE = "leap_ckpt.pt"
+MAX_PASSES = 3  # more passes over the training corpus than this, and the run warns
 
 
 class LEAPPruner(Pruner):
@@ -60,21 +62,43 @@ class LEAPPruner(Pruner):
     def exact_sparsity(self) -> bool:
         return self.config.final_mask == "topk"
 
+    @classmethod
+    def data_files(cls, config: LEAPConfig) -> list[str]:
+        return [TRAINING_FILES[config.corpus]]
+
     def training_windows(self, ctx: PruneContext, budget: Budget) -> WindowSource:
-        """C4 `train`-split windows of `budget.seqlen` tokens; a test may override this."""
+        """Windows of `budget.seqlen` tokens from the training corpus; a test may override this."""
         if ctx.tokenizer is None:
-            raise HarnessError("leap needs the tokenizer to read its C4 training windows")
+            raise HarnessError("leap needs the tokenizer to read its training windows")
+        docs = training_documents(self.config.corpus, ctx.data_dir)
 
         def make(count: int, seed: int) -> torch.Tensor:
-            return c4_windows(ctx.tokenizer, count, budget.seqlen, seed, "train", ctx.data_dir, ctx.bos_per_window)
+            return stream_windows(ctx.tokenizer, docs, count, budget.seqlen, seed, ctx.bos_per_window)
 
         return BlockWindows(make, budget.sequences, ctx.seed)
+
+    def corpus_use(self, ctx: PruneContext, budget: Budget) -> dict[str, Any] | None:
+        """How many times the budget goes through the training corpus (estimated); a warning when
+        it cycles more than `MAX_PASSES` times. None without a tokenizer (tests' own windows)."""
+        if ctx.tokenizer is None:
+            return None
+        tokens = estimate_tokens(ctx.tokenizer, training_documents(self.config.corpus, ctx.data_dir))
+        passes = budget.tokens / max(tokens, 1)
+        if passes > MAX_PASSES:
+            print(
+                f"warning: leap's budget ({budget.tokens:,} tokens) goes through its corpus {self.config.corpus} "
+                f"(about {tokens:,} tokens) {passes:,.0f} times; fetch SlimPajama (`harness data fetch --sources slimpajama`) "
+                "and set leap.corpus=slimpajama, or lower leap.steps",
+                file=sys.stderr,
+            )
+        return {"name": self.config.corpus, "tokens_estimate": tokens, "passes": float(f"{passes:.3g}")}
 
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
         cfg = self.config
         linears = ctx.targets(model)
         device = next(iter(linears.values())).weight.device
         budget = Budget.of(cfg)
+        corpus = self.corpus_use(ctx, budget)
         fingerprint = {
             "config": cfg.to_dict(),
             "budget": dataclasses.asdict(budget),
@@ -118,6 +142,7 @@ class LEAPPruner(Pruner):
             "mask_changed": _changed_fraction(keep, extra["prior_bits"]),
             "budget": dataclasses.asdict(budget),
             "tokens_trained": budget.tokens,
+            "corpus": corpus,
             "train_seconds": round(outcome.seconds, 2),
             "seconds_per_step": round(outcome.seconds_per_step, 3),
             "resumed_from_step": outcome.resumed_from,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness.data import data_file, read_jsonl_gz
 from harness.errors import HarnessError
-from harness.fetch import HELLASWAG_FULL_FILE
+from harness.layout import HELLASWAG_FULL_FILE
 
 Records = list[dict]
 Splits = dict[str, Records]
