@@ -13,11 +13,11 @@ import torch
 
 from harness.data import calibration_windows
 from harness.errors import HarnessError
-from harness.evaluation.perplexity import wikitext2_windows, window_perplexity
+from harness.evaluation.perplexity import wikitext2_windows, window_nlls
 from harness.memory import PeakMemory
 from harness.models import load_model, needs_bos_per_window
 from harness.plan import PlannedCell
-from harness.provenance import git_commit, package_versions
+from harness.provenance import git_commit, hardware, package_versions
 from harness.pruner import PruneContext
 from harness.registry import get_pruner
 from harness.settings import RunSettings
@@ -38,7 +38,7 @@ def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], N
             prune_info = _prune(planned, settings, model, tokenizer, timings, log)
 
         start = time.perf_counter()
-        metrics, per_item, eval_info = _evaluate(model, tokenizer, settings, identity["evaluation"])
+        metrics, per_item, per_window, eval_info = _evaluate(model, tokenizer, settings, identity["evaluation"])
         timings["eval"] = time.perf_counter() - start
 
         if settings.save_model is not None:
@@ -58,11 +58,13 @@ def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], N
         "layer_sparsity": prune_info.get("layer_sparsity", {}),
         "metrics": metrics,
         "per_item": per_item,
+        "ppl_per_window": per_window,
         "method_stats": prune_info.get("stats", {}),
         "timings": timings,
         "peak_rss_mb": round(memory.rss_mb, 1),
         "peak_gpu_mb": round(memory.gpu_mb, 1),
         "device": settings.device,
+        "hardware": hardware(settings.device),
         "dtype": settings.dtype,
         "versions": package_versions(),
         "git_commit": git_commit(),
@@ -111,8 +113,9 @@ def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any
     per_item: dict[str, dict[str, int]] = {}
     info: dict[str, Any] = {}
     windows = wikitext2_windows(tokenizer, settings.ppl_seqlen, settings.ppl_tokens, needs_bos_per_window(model), settings.data_dir)
-    metrics["wikitext2_ppl"] = window_perplexity(model, windows, progress=settings.progress, desc="wikitext2 ppl")
+    metrics["wikitext2_ppl"], nlls = window_nlls(model, windows, progress=settings.progress, desc="wikitext2 ppl")
     info["ppl_windows"] = int(windows.shape[0])
+    per_window = {"nll": [float(f"{value:.7g}") for value in nlls], "tokens": int(windows.shape[1]) - 1}
     if evaluation["tasks"]:
         from harness.evaluation.zeroshot import evaluate_zeroshot
 
@@ -123,7 +126,7 @@ def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any
         metrics.update(result.metrics)
         per_item = result.per_item
         info.update({"n_items": result.n_items, **result.info})
-    return metrics, per_item, info
+    return metrics, per_item, per_window, info
 
 
 def _save_model(model, tokenizer, root: Path, planned: PlannedCell) -> None:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 from harness.plots import write_plots
+from harness.provenance import hardware_label
 from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET
 from harness.report_tables import (
     AVG,
+    PPL,
     Cell,
     Results,
     Table,
@@ -24,6 +26,7 @@ from harness.report_tables import (
     deltas_table,
     main_table,
     per_task_table,
+    perplexity_table,
     significance_table,
     stderr_table,
 )
@@ -37,6 +40,7 @@ DESCRIPTIONS = {
     "stderr": "Standard errors of the task accuracies",
     "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
     "significance": "Paired bootstrap per task and on the average, vs the baseline",
+    "perplexity": "Paired perplexity ratios vs the baseline and dense, with intervals over windows",
 }
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -134,6 +138,7 @@ def write_report(
     records, warnings = load_records(results_dir) if records is None else (records, [])
     if not records:
         raise HarnessError(f"no readable records in {results_dir}/; run `harness run` first")
+    warnings = [*warnings, *mixing_warnings(records)]
     results = Results(records)
     if baseline not in results.methods:
         raise HarnessError(
@@ -159,6 +164,25 @@ def write_report(
     return ReportOutput([*files, readme], main_markdown, warnings)
 
 
+def mixing_warnings(records: list[dict]) -> list[str]:
+    """Warnings when the records compared come from different machines, or a model's records
+    from different dtypes: bfloat16 numbers can move between machines by near-tie items."""
+    warnings = []
+    machines: dict[str, int] = {}
+    for record in records:
+        label = hardware_label(record.get("hardware"))
+        if label:
+            machines[label] = machines.get(label, 0) + 1
+    if len(machines) > 1:
+        listed = "; ".join(f"{label}: {count}" for label, count in sorted(machines.items()))
+        warnings.append(f"the records come from {len(machines)} machines ({listed}); bfloat16 numbers may differ between machines, float32 ones reproduce")
+    for model in sorted({record["model"] for record in records}):
+        dtypes = sorted({record["dtype"] for record in records if record["model"] == model and record.get("dtype")})
+        if len(dtypes) > 1:
+            warnings.append(f"the records of {model} mix dtypes ({', '.join(dtypes)}); compare methods within one dtype")
+    return warnings
+
+
 def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings: list[str]) -> dict[str, Table]:
     """The report's tables by file name; a summary that cannot be made becomes a warning."""
     tables = {"main": main_table(results, baseline)}
@@ -180,6 +204,8 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
         warnings.append("no record has task accuracies; stderr table skipped")
     tables["cost"] = cost_table(results)
     tables["significance"] = significance_table(results, baseline)
+    if results.has(PPL):
+        tables["perplexity"] = perplexity_table(results, baseline)
     return tables
 
 

@@ -24,7 +24,17 @@ from harness.errors import HarnessError
 from harness.pruner import Pruner
 from harness.registry import get_pruner
 from harness.settings import DENSE
-from harness.significance import ALPHA, RESAMPLES, BootstrapResult, Comparison, item_scores, paired_bootstrap
+from harness.significance import (
+    ALPHA,
+    RESAMPLES,
+    BootstrapResult,
+    Comparison,
+    RatioResult,
+    item_scores,
+    paired_bootstrap,
+    paired_ppl_ratio,
+    window_nlls_mean,
+)
 
 AVG = "avg_acc"
 PPL = "wikitext2_ppl"
@@ -150,6 +160,7 @@ class Results:
         for (key, _), record in zip(flat, records, strict=True):
             self._records_by_cell.setdefault(key, []).append(record)
         self._comparisons: dict[tuple[CellKey, CellKey], Comparison | None] = {}
+        self._ratios: dict[tuple[CellKey, CellKey], RatioResult | None] = {}
 
     @cached_property
     def pruners(self) -> dict[str, type[Pruner]]:
@@ -203,6 +214,15 @@ class Results:
             a, b = (item_scores(r.get("per_item") or {} for r in self._records_by_cell.get(k, [])) for k in pair)
             self._comparisons[pair] = paired_bootstrap(a, b)
         return self._comparisons[pair]
+
+    def ppl_ratio(self, model: str, label: str, method: str, reference: str) -> RatioResult | None:
+        """Paired perplexity ratio of method over reference on their shared windows (cached)."""
+        pair = (_key(model, label, method), _key(model, label, reference))
+        if pair not in self._ratios:
+            a, b = (window_nlls_mean(r.get("ppl_per_window") for r in self._records_by_cell.get(k, [])) for k in pair)
+            same = a is not None and b is not None and a[1] == b[1] and a[0].shape == b[0].shape
+            self._ratios[pair] = paired_ppl_ratio(a[0], b[0], a[1]) if same else None
+        return self._ratios[pair]
 
     def _group_sparsity(self, model: str, label: str) -> float:
         return float(self._sparsity.xs((model, label), level=[0, 1]).mean())
@@ -425,6 +445,42 @@ def significance_table(results: Results, baseline: str) -> Table:
     if not table.rows:
         table.notes.insert(0, f"No method shares per-item results with {baseline}: nothing to test.")
     return table
+
+
+def perplexity_table(results: Results, baseline: str) -> Table:
+    """Every pruned method's WikiText-2 perplexity as a paired ratio against the baseline and
+    against dense, with bootstrap intervals over the shared windows."""
+    headers = [*LABEL_HEADERS, "Wiki2 PPL", "Windows", f"Ratio vs {baseline}", "95% CI", "Ratio vs dense", "95% CI"]
+    table = Table("Paired perplexity ratios", headers, len(LABEL_HEADERS))
+    ppl = Column("Wiki2 PPL", PPL)
+    for model, label in results.groups:
+        rows = []
+        for method in results.methods:
+            if method == DENSE:
+                continue
+            ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in (baseline, DENSE)]
+            windows = next((r.n_windows for r in ratios if r is not None), None)
+            rows.append([
+                *_group_labels([model, label], not rows),
+                Cell(results.method_label(model, label, method)),
+                _stat_cell(results.stat(model, label, method, PPL), ppl),
+                Cell(str(windows) if windows else MISSING),
+                *(cell for ratio in ratios for cell in _ratio_cells(ratio)),
+            ])
+        table.add_group(rows)
+    table.notes = [
+        "Ratio: perplexity of the row's method over the reference's on the same WikiText-2 windows (below 1: lower perplexity).",
+        f"95% CI: paired bootstrap over windows, {RESAMPLES:,} resamples; {NOT_SIGNIFICANT}: the interval contains 1 (undecided).",
+        "– : no per-window losses in the records (written before they were stored), or windows that differ.",
+    ]
+    return table
+
+
+def _ratio_cells(result: RatioResult | None) -> list[Cell]:
+    if result is None:
+        return [Cell(MISSING), Cell(MISSING)]
+    mark = "" if result.decided else NOT_SIGNIFICANT
+    return [Cell(f"{result.ratio:.4f}", mark=mark), Cell(f"[{result.ci_low:.4f}, {result.ci_high:.4f}]")]
 
 
 def _test_cells(result: BootstrapResult) -> list[Cell]:

@@ -105,3 +105,45 @@ def _result(observed: float, boot: np.ndarray, n_items: int) -> BootstrapResult:
     p_value = min(1.0, 2 * (tail + 1) / (RESAMPLES + 1))
     low, high = np.percentile(boot, [2.5, 97.5])
     return BootstrapResult(observed, p_value, float(low), float(high), n_items)
+
+
+@dataclass(frozen=True)
+class RatioResult:
+    """Perplexity of a over b on the same windows, with its paired bootstrap 95% interval."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    n_windows: int
+
+    @property
+    def decided(self) -> bool:
+        """The interval excludes 1: one model's perplexity is lower on another draw of windows too."""
+        return self.ci_high < 1.0 or self.ci_low > 1.0
+
+
+def window_nlls_mean(blocks: Iterable[Mapping[str, object]]) -> tuple[np.ndarray, int] | None:
+    """The `ppl_per_window` blocks of one method's records (one per seed) as the mean summed NLL
+    per window and the tokens per window; None when a record lacks them or they disagree."""
+    arrays, tokens = [], set()
+    for block in blocks:
+        if not block or "nll" not in block:
+            return None
+        arrays.append(np.asarray(block["nll"], dtype=float))
+        tokens.add(int(block["tokens"]))
+    if not arrays or len(tokens) != 1 or len({len(array) for array in arrays}) != 1:
+        return None
+    return np.mean(arrays, axis=0), tokens.pop()
+
+
+def paired_ppl_ratio(a: np.ndarray, b: np.ndarray, tokens: int, *, seed: int = 0) -> RatioResult:
+    """ppl(a) / ppl(b) from summed NLLs per window (every window `tokens` predicted tokens): the
+    exponential of the mean per-token NLL difference, whose windows are resampled with
+    replacement `RESAMPLES` times for the percentile interval. Pairing removes the variance that
+    both models share (hard and easy windows), which an interval per model would keep."""
+    if a.shape != b.shape or not len(a):
+        raise ValueError("paired windows must match in number")
+    diffs = (a - b) / tokens
+    boot = np.exp(_resampled_means(diffs, np.random.default_rng(seed)))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return RatioResult(float(np.exp(diffs.mean())), float(low), float(high), len(diffs))

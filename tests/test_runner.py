@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import textwrap
 
 import pytest
@@ -55,6 +56,12 @@ def test_sweep_writes_one_record_per_cell(model_dir, tmp_path, data_dir):
     assert records[1]["config"] == {"scope": "matrix"}
     assert set(records[1]["timings"]) >= {"load", "calibrate", "prune", "eval"}
     assert json.loads(files[0].read_text())["schema"] == 1
+    for record in records:  # the per-window losses the paired ratios resample add up to the perplexity
+        windows = record["ppl_per_window"]
+        assert len(windows["nll"]) == record["evaluation"]["ppl_windows"] and windows["tokens"] == 31
+        assert math.exp(sum(windows["nll"]) / (len(windows["nll"]) * windows["tokens"])) == pytest.approx(record["metrics"]["wikitext2_ppl"], rel=1e-5)
+    hardware = records[0]["hardware"]
+    assert hardware["cpu"] and hardware["threads"] >= 1 and isinstance(hardware["cpu_flags"], list) and "gpu" not in hardware
 
 
 def test_cell_identity_holds_the_device_resolved_config(model_dir, tmp_path):

@@ -22,19 +22,35 @@ def window_perplexity(
     desc: str = "perplexity",
 ) -> float:
     """exp(mean token NLL) of a causal LM over rows of token ids [n, seqlen]."""
+    return window_nlls(model, windows, batch_size, progress, desc)[0]
+
+
+@torch.no_grad()
+def window_nlls(
+    model: nn.Module,
+    windows: torch.Tensor,
+    batch_size: int = 4,
+    progress: bool = False,
+    desc: str = "perplexity",
+) -> tuple[float, list[float]]:
+    """(perplexity, summed NLL of every window). The perplexity is summed per batch exactly as it
+    always was; the per-window sums (each over seqlen − 1 predicted tokens) are what a paired
+    comparison of two models on the same windows resamples."""
     device = next(model.parameters()).device
     total_nll = 0.0
     total_tokens = 0
+    per_window: list[float] = []
     batches = range(0, windows.shape[0], batch_size)
     for start in tqdm(batches, desc=desc, disable=not progress, leave=False):
         batch = windows[start : start + batch_size].to(device)
         logits = model(input_ids=batch).logits.float()
-        nll = nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
-        )
+        flat_logits, targets = logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)
+        nll = nn.functional.cross_entropy(flat_logits, targets, reduction="sum")
         total_nll += float(nll)
         total_tokens += batch[:, 1:].numel()
-    return math.exp(total_nll / total_tokens)
+        token_nll = nn.functional.cross_entropy(flat_logits, targets, reduction="none").view(batch.shape[0], -1)
+        per_window += token_nll.double().sum(dim=1).tolist()
+    return math.exp(total_nll / total_tokens), per_window
 
 
 def wikitext2_windows(
