@@ -38,7 +38,7 @@ def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], N
             prune_info = _prune(planned, settings, model, tokenizer, timings, log)
 
         start = time.perf_counter()
-        metrics, per_item, per_window, eval_info = _evaluate(model, tokenizer, settings, identity["evaluation"])
+        metrics, items, eval_info = _evaluate(model, tokenizer, settings, identity["evaluation"])
         timings["eval"] = time.perf_counter() - start
 
         if settings.save_model is not None:
@@ -57,8 +57,7 @@ def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], N
         "realized_sparsity": prune_info.get("realized_sparsity", 0.0),
         "layer_sparsity": prune_info.get("layer_sparsity", {}),
         "metrics": metrics,
-        "per_item": per_item,
-        "ppl_per_window": per_window,
+        **items,
         "method_stats": prune_info.get("stats", {}),
         "timings": timings,
         "peak_rss_mb": round(memory.rss_mb, 1),
@@ -108,14 +107,19 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
     return dataclasses.asdict(result)
 
 
-def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any]):
-    metrics: dict[str, float] = {}
-    per_item: dict[str, dict[str, int]] = {}
+def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any]) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """(metrics, the record's per-item fields, evaluation info): perplexity with its per-window
+    losses, then zero-shot with each item's correctness and choice log-likelihoods."""
     info: dict[str, Any] = {}
     windows = wikitext2_windows(tokenizer, settings.ppl_seqlen, settings.ppl_tokens, needs_bos_per_window(model), settings.data_dir)
-    metrics["wikitext2_ppl"], nlls = window_nlls(model, windows, progress=settings.progress, desc="wikitext2 ppl")
+    ppl, nlls = window_nlls(model, windows, progress=settings.progress, desc="wikitext2 ppl")
+    metrics: dict[str, float] = {"wikitext2_ppl": ppl}
     info["ppl_windows"] = int(windows.shape[0])
-    per_window = {"nll": [float(f"{value:.7g}") for value in nlls], "tokens": int(windows.shape[1]) - 1}
+    items: dict[str, Any] = {
+        "per_item": {},
+        "per_item_choices": {},
+        "ppl_per_window": {"nll": [float(f"{value:.7g}") for value in nlls], "tokens": int(windows.shape[1]) - 1},
+    }
     if evaluation["tasks"]:
         from harness.evaluation.zeroshot import evaluate_zeroshot
 
@@ -124,9 +128,9 @@ def _evaluate(model, tokenizer, settings: RunSettings, evaluation: dict[str, Any
             batch_size=settings.eval_batch_size, hellaswag=settings.hellaswag, progress=settings.progress,
         )
         metrics.update(result.metrics)
-        per_item = result.per_item
+        items.update(per_item=result.per_item, per_item_choices=result.per_item_choices)
         info.update({"n_items": result.n_items, **result.info})
-    return metrics, per_item, per_window, info
+    return metrics, items, info
 
 
 def _save_model(model, tokenizer, root: Path, planned: PlannedCell) -> None:

@@ -26,10 +26,10 @@ from harness.report_tables import (
     deltas_table,
     main_table,
     per_task_table,
-    perplexity_table,
     significance_table,
     stderr_table,
 )
+from harness.report_stats import flips_table, paired_accuracy_table, perplexity_table, power_table, verdicts_table
 
 REQUIRED_FIELDS = ("model", "method", "sparsity", "metrics")
 SUFFIXES = {"md": ".md", "latex": ".tex"}
@@ -41,6 +41,10 @@ DESCRIPTIONS = {
     "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
     "significance": "Paired bootstrap per task and on the average, vs the baseline",
     "perplexity": "Paired perplexity ratios vs the baseline and dense, with intervals over windows",
+    "paired": "Paired accuracy vs the baseline: exact McNemar, minimum detectable effect, gold-answer margin",
+    "flips": "Answer flips against the dense model (correct → wrong, wrong → correct)",
+    "power": "Items per task that a given effect needs, from the observed discordance",
+    "verdicts": "One verdict per comparison with the baseline, and the metrics that decided it",
 }
 _LATEX_ESCAPES = {
     "\\": r"\textbackslash{}",
@@ -63,6 +67,7 @@ _LATEX_ESCAPES = {
     "†": r"$^\dagger$",
     "≥": r"$\geq$",
     "×": r"$\times$",
+    "→": r"$\rightarrow$",
 }
 
 
@@ -206,6 +211,12 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
     tables["significance"] = significance_table(results, baseline)
     if results.has(PPL):
         tables["perplexity"] = perplexity_table(results, baseline)
+    if results.tasks:
+        tables["paired"] = paired_accuracy_table(results, baseline)
+        tables["flips"] = flips_table(results)
+        if target in results.methods and target != baseline:
+            tables["power"] = power_table(results, target, baseline)
+    tables["verdicts"] = verdicts_table(results, baseline)
     return tables
 
 

@@ -29,8 +29,10 @@ from harness.significance import (
     RESAMPLES,
     BootstrapResult,
     Comparison,
+    ItemScores,
     RatioResult,
     item_scores,
+    margins,
     paired_bootstrap,
     paired_ppl_ratio,
     window_nlls_mean,
@@ -161,6 +163,7 @@ class Results:
             self._records_by_cell.setdefault(key, []).append(record)
         self._comparisons: dict[tuple[CellKey, CellKey], Comparison | None] = {}
         self._ratios: dict[tuple[CellKey, CellKey], RatioResult | None] = {}
+        self._margins: dict[tuple[CellKey, CellKey], Comparison | None] = {}
 
     @cached_property
     def pruners(self) -> dict[str, type[Pruner]]:
@@ -215,6 +218,22 @@ class Results:
             self._comparisons[pair] = paired_bootstrap(a, b)
         return self._comparisons[pair]
 
+    def cell_records(self, model: str, label: str, method: str) -> list[dict]:
+        """The records (one per seed) of one cell."""
+        return self._records_by_cell.get(_key(model, label, method), [])
+
+    def margin_comparison(self, model: str, label: str, method: str, reference: str) -> Comparison | None:
+        """Paired bootstrap of the gold answer's log-likelihood margin (method − reference)."""
+        pair = (_key(model, label, method), _key(model, label, reference))
+        if pair not in self._margins:
+            a, b = (item_scores(margins(r.get("per_item_choices") or {}) for r in self._records_by_cell.get(k, [])) for k in pair)
+            self._margins[pair] = paired_bootstrap(a, b)
+        return self._margins[pair]
+
+    def correctness(self, model: str, label: str, method: str) -> ItemScores:
+        """Mean correctness per task and item over the cell's seeds."""
+        return item_scores(r.get("per_item") or {} for r in self.cell_records(model, label, method))
+
     def ppl_ratio(self, model: str, label: str, method: str, reference: str) -> RatioResult | None:
         """Paired perplexity ratio of method over reference on their shared windows (cached)."""
         pair = (_key(model, label, method), _key(model, label, reference))
@@ -251,7 +270,7 @@ def _key(model: str, label: str, method: str) -> CellKey:
     return (model, "" if method == DENSE else label, method)
 
 
-def _stat_cell(stat: Stat | None, column: Column, bold: bool = False) -> Cell:
+def stat_cell(stat: Stat | None, column: Column, bold: bool = False) -> Cell:
     if stat is None:
         return Cell(MISSING)
     text = fmt(stat.mean * column.scale, column.decimals)
@@ -266,7 +285,7 @@ def _value_cells(stats: dict[str, list[Stat | None]], columns: Sequence[Column])
     best = [_best(column, [row[j] for row in pruned]) for j, column in enumerate(columns)]
     return {
         method: [
-            _stat_cell(stat, column, bold=method != DENSE and stat is not None and column.shown(stat.mean) == top)
+            stat_cell(stat, column, bold=method != DENSE and stat is not None and column.shown(stat.mean) == top)
             for stat, column, top in zip(row, columns, best, strict=True)
         ]
         for method, row in stats.items()
@@ -281,7 +300,7 @@ def _best(column: Column, stats: list[Stat | None]) -> float | None:
     return max(shown) if column.better == "max" else min(shown)
 
 
-def _group_labels(values: Sequence[str], first: bool) -> list[Cell]:
+def group_labels(values: Sequence[str], first: bool) -> list[Cell]:
     """Group labels are printed on a group's first row only, as in the paper's tables."""
     return [Cell(value if first else "") for value in values]
 
@@ -303,7 +322,7 @@ def _grouped_table(
         cells = _value_cells(stats, columns)
         table.add_group(
             [
-                *_group_labels([model, label], i == 0),
+                *group_labels([model, label], i == 0),
                 Cell(results.method_label(model, label, method)),
                 *cells[method],
                 *(extra(model, label, method) if extra else []),
@@ -313,7 +332,7 @@ def _grouped_table(
     return table
 
 
-def _task_name(task: str) -> str:
+def task_name(task: str) -> str:
     return TASK_NAMES.get(task, task)
 
 
@@ -330,7 +349,7 @@ def _delta_cell(results: Results, model: str, label: str, method: str, reference
 
 def main_table(results: Results, baseline: str) -> Table:
     """The paper's layout: task accuracies, average, perplexity, Δ vs baseline and vs dense."""
-    columns = [Column(_task_name(t), f"{t}_acc", 100, better="max") for t in results.tasks]
+    columns = [Column(task_name(t), f"{t}_acc", 100, better="max") for t in results.tasks]
     columns += [Column("Avg", AVG, 100, better="max"), Column("Wiki2 PPL", PPL, better="min")]
     notes = [
         "Accuracy (acc) in %; Wiki2 PPL: WikiText-2 perplexity, lower is better.",
@@ -355,7 +374,7 @@ def main_table(results: Results, baseline: str) -> Table:
 def per_task_table(results: Results) -> Table:
     """Accuracy and length-normalised accuracy of every task."""
     columns = [
-        Column(f"{_task_name(t)} {metric}", f"{t}_{metric}", 100, better="max")
+        Column(f"{task_name(t)} {metric}", f"{t}_{metric}", 100, better="max")
         for t in results.tasks
         for metric in ("acc", "acc_norm")
     ]
@@ -364,7 +383,7 @@ def per_task_table(results: Results) -> Table:
 
 def stderr_table(results: Results) -> Table:
     """lm-eval's standard error of every task accuracy, in points."""
-    columns = [Column(_task_name(t), f"{t}_acc_stderr", 100, spread=False) for t in results.tasks]
+    columns = [Column(task_name(t), f"{t}_acc_stderr", 100, spread=False) for t in results.tasks]
     note = "Standard error of each task accuracy from lm-eval, in points; with several seeds, their mean."
     return _grouped_table(results, "Standard errors (points)", columns, [note, SEEDS_NOTE])
 
@@ -402,11 +421,11 @@ def deltas_table(results: Results, target: str, baseline: str) -> Table:
             [
                 Cell(model),
                 Cell(label),
-                _stat_cell(a, avg),
-                _stat_cell(b, avg),
+                stat_cell(a, avg),
+                stat_cell(b, avg),
                 _delta_cell(results, model, label, target, baseline),
                 Cell(_p_text(comparison.average.p_value) if comparison else MISSING),
-                *(_stat_cell(results.stat(model, label, m, PPL), ppl) for m in (target, baseline)),
+                *(stat_cell(results.stat(model, label, m, PPL), ppl) for m in (target, baseline)),
             ]
         )
     table.add_group(rows)
@@ -432,10 +451,10 @@ def significance_table(results: Results, baseline: str) -> Table:
             comparison = None if method in (DENSE, baseline) else results.comparison(model, label, method, baseline)
             if comparison is None:
                 continue
-            tests = [(_task_name(t), comparison.per_task[t]) for t in ordered(comparison.per_task, TASK_ORDER)]
+            tests = [(task_name(t), comparison.per_task[t]) for t in ordered(comparison.per_task, TASK_ORDER)]
             tests.append(("Average", comparison.average))
             table.add_group(
-                [*_group_labels([model, label, method], i == 0), Cell(name), *_test_cells(result)]
+                [*group_labels([model, label, method], i == 0), Cell(name), *_test_cells(result)]
                 for i, (name, result) in enumerate(tests)
             )
     table.notes = [
@@ -445,42 +464,6 @@ def significance_table(results: Results, baseline: str) -> Table:
     if not table.rows:
         table.notes.insert(0, f"No method shares per-item results with {baseline}: nothing to test.")
     return table
-
-
-def perplexity_table(results: Results, baseline: str) -> Table:
-    """Every pruned method's WikiText-2 perplexity as a paired ratio against the baseline and
-    against dense, with bootstrap intervals over the shared windows."""
-    headers = [*LABEL_HEADERS, "Wiki2 PPL", "Windows", f"Ratio vs {baseline}", "95% CI", "Ratio vs dense", "95% CI"]
-    table = Table("Paired perplexity ratios", headers, len(LABEL_HEADERS))
-    ppl = Column("Wiki2 PPL", PPL)
-    for model, label in results.groups:
-        rows = []
-        for method in results.methods:
-            if method == DENSE:
-                continue
-            ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in (baseline, DENSE)]
-            windows = next((r.n_windows for r in ratios if r is not None), None)
-            rows.append([
-                *_group_labels([model, label], not rows),
-                Cell(results.method_label(model, label, method)),
-                _stat_cell(results.stat(model, label, method, PPL), ppl),
-                Cell(str(windows) if windows else MISSING),
-                *(cell for ratio in ratios for cell in _ratio_cells(ratio)),
-            ])
-        table.add_group(rows)
-    table.notes = [
-        "Ratio: perplexity of the row's method over the reference's on the same WikiText-2 windows (below 1: lower perplexity).",
-        f"95% CI: paired bootstrap over windows, {RESAMPLES:,} resamples; {NOT_SIGNIFICANT}: the interval contains 1 (undecided).",
-        "– : no per-window losses in the records (written before they were stored), or windows that differ.",
-    ]
-    return table
-
-
-def _ratio_cells(result: RatioResult | None) -> list[Cell]:
-    if result is None:
-        return [Cell(MISSING), Cell(MISSING)]
-    mark = "" if result.decided else NOT_SIGNIFICANT
-    return [Cell(f"{result.ratio:.4f}", mark=mark), Cell(f"[{result.ci_low:.4f}, {result.ci_high:.4f}]")]
 
 
 def _test_cells(result: BootstrapResult) -> list[Cell]:

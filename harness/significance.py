@@ -17,8 +17,10 @@ resampling items asks whether a delta would survive another draw of questions fr
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -147,3 +149,82 @@ def paired_ppl_ratio(a: np.ndarray, b: np.ndarray, tokens: int, *, seed: int = 0
     boot = np.exp(_resampled_means(diffs, np.random.default_rng(seed)))
     low, high = np.percentile(boot, [2.5, 97.5])
     return RatioResult(float(np.exp(diffs.mean())), float(low), float(high), len(diffs))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for b items right only for A and c right only for B: the
+    binomial test of min(b, c) among b + c discordant items at 1/2, doubled, capped at 1."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+Z_ALPHA = NormalDist().inv_cdf(1 - ALPHA / 2)  # 1.960 for a two-sided 5% test
+Z_POWER = NormalDist().inv_cdf(0.8)  # 0.842 for 80% power
+
+
+def minimum_detectable_effect(sd: float, n: int) -> float:
+    """The smallest true mean paired difference a two-sided 5% test on `n` items with per-item
+    difference standard deviation `sd` detects with 80% power: (z₀.₉₇₅ + z₀.₈)·sd/√n."""
+    return (Z_ALPHA + Z_POWER) * sd / math.sqrt(n) if n else math.inf
+
+
+def items_needed(sd: float, effect: float) -> int:
+    """Items a paired test needs to detect `effect` with 80% power at 5%, given the per-item
+    difference standard deviation `sd` (for 0/1 scores about √(discordant share))."""
+    return math.ceil(((Z_ALPHA + Z_POWER) * sd / effect) ** 2)
+
+
+@dataclass(frozen=True)
+class PairedCounts:
+    """Per-item agreement of A with B on the items both answered (0/1 correctness)."""
+
+    both: int
+    only_a: int  # A right, B wrong
+    only_b: int  # A wrong, B right
+    neither: int
+
+    @property
+    def n(self) -> int:
+        return self.both + self.only_a + self.only_b + self.neither
+
+    @property
+    def delta(self) -> float:
+        return (self.only_a - self.only_b) / self.n
+
+    @property
+    def sd(self) -> float:
+        """Sample standard deviation of the per-item difference (values −1, 0, 1)."""
+        if self.n < 2:
+            return 0.0
+        mean = self.delta
+        square = (self.only_a + self.only_b) / self.n
+        return math.sqrt(max(square - mean * mean, 0.0) * self.n / (self.n - 1))
+
+    @property
+    def p_mcnemar(self) -> float:
+        return mcnemar_exact(self.only_a, self.only_b)
+
+
+def paired_counts(a: Mapping[str, float], b: Mapping[str, float]) -> PairedCounts:
+    """Counts on the keys both answered; a mean over seeds counts as right when ≥ 0.5."""
+    keys = set(a) & set(b)
+    right_a = {key for key in keys if a[key] >= 0.5}
+    right_b = {key for key in keys if b[key] >= 0.5}
+    return PairedCounts(len(right_a & right_b), len(right_a - right_b), len(right_b - right_a), len(keys - right_a - right_b))
+
+
+def margins(per_item_choices: Mapping[str, Mapping[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """The gold answer's log-likelihood margin per item: its score minus the best other choice's
+    (positive exactly when lm-eval's `acc` counts the item right), from `per_item_choices`."""
+    out: dict[str, dict[str, float]] = {}
+    for task, items in per_item_choices.items():
+        task_margins = out.setdefault(task, {})
+        for key, (gold, *scores) in items.items():
+            gold = int(gold)
+            others = [score for index, score in enumerate(scores) if index != gold]
+            if others:
+                task_margins[key] = scores[gold] - max(others)
+    return out

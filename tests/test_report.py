@@ -295,3 +295,56 @@ def test_perplexity_table_pairs_windows(tmp_path: pathlib.Path) -> None:
     assert float(leap[4]) > 1 and not leap[4].endswith("†")  # decided: worse than dense
     assert magnitude[2:] == ["–"] * 4  # a record without per-window losses: empty, not an error
     assert "[" in wanda[3]
+    verdicts = _rows((tmp_path / "out" / "verdicts.md").read_text())
+    assert verdicts[("m", "0.50", "leap")][-1] == "decided for leap (by perplexity)"
+    assert verdicts[("m", "0.50", "magnitude")][-1] == "undecided"
+
+
+def test_exact_mcnemar_on_small_tables() -> None:
+    from harness.significance import mcnemar_exact
+
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)  # 2·P(X ≤ 2), X ~ Bin(12, 1/2)
+    assert mcnemar_exact(5, 0) == pytest.approx(2 / 32)
+    assert mcnemar_exact(3, 3) == 1.0 and mcnemar_exact(2, 9) == mcnemar_exact(9, 2)
+
+
+def test_minimum_detectable_effect_closed_form() -> None:
+    from statistics import NormalDist
+
+    from harness.significance import PairedCounts, items_needed, minimum_detectable_effect
+
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)  # 2.8016
+    assert minimum_detectable_effect(0.4, 400) == pytest.approx(z * 0.4 / 20)
+    assert items_needed(0.4, z * 0.4 / 20) == 400
+    counts = PairedCounts(both=50, only_a=10, only_b=6, neither=34)  # 100 items
+    diffs = [1] * 10 + [-1] * 6 + [0] * 84
+    mean = sum(diffs) / 100
+    assert counts.delta == pytest.approx(0.04)
+    assert counts.sd == pytest.approx(math.sqrt(sum((d - mean) ** 2 for d in diffs) / 99))
+
+
+def test_margins_are_gold_minus_best_other() -> None:
+    from harness.significance import margins
+
+    out = margins({"piqa": {"0": [0, -5.0, -7.0], "1": [1, -5.0, -4.0]}, "mmlu": {"a/3": [2, -1.0, -3.0, -2.5, -0.5]}})
+    assert out == {"piqa": {"0": 2.0, "1": 1.0}, "mmlu": {"a/3": -2.0}}  # gold -2.5, best other -0.5
+
+
+def test_verdict_names_the_metrics_and_splits_when_they_disagree() -> None:
+    import numpy as np
+
+    from harness.report_stats import verdict
+    from harness.report_tables import Results
+
+    base = np.random.default_rng(3).uniform(300, 900, size=30)
+
+    def record(method: str, nll, right: int) -> dict:
+        per_item = {"piqa": {str(i): int(i < right) for i in range(100)}}
+        return {"model": "m", "method": method, "sparsity": 0.5, "sparsity_label": "0.50", "seed": 0, "metrics": {"wikitext2_ppl": 1.0, "avg_acc": right / 100},
+                "evaluation": {"tasks": ["piqa"]}, "per_item": per_item, "ppl_per_window": {"nll": list(map(float, nll)), "tokens": 255}}
+
+    results = Results([record("admm", base, 50), record("leap", base + 10, 90)])
+    assert verdict(results, "m", "0.50", "leap", "admm") == "split: perplexity for admm; accuracy for leap"
+    results = Results([record("admm", base + 10, 50), record("leap", base, 90)])
+    assert verdict(results, "m", "0.50", "leap", "admm") == "decided for leap (by perplexity, accuracy)"

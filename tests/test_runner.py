@@ -191,6 +191,11 @@ def test_cli_run_prints_summary(monkeypatch, capsys, tmp_path, model_dir, data_d
     assert "wikitext2_ppl" in out and "magnitude" in out and "dense" in out
     records = [json.loads(path.read_text()) for path in tmp_path.rglob("*.json")]
     assert len(records) == 2 and all(record["metrics"]["piqa_acc"] >= 0 for record in records)
+    for record in records:  # each item's choice log-likelihoods, consistent with its correctness
+        choices = record["per_item_choices"]["piqa"]
+        assert choices.keys() == record["per_item"]["piqa"].keys()
+        for key, (gold, *scores) in choices.items():
+            assert len(scores) == 2 and record["per_item"]["piqa"][key] == int(scores.index(max(scores)) == gold)
 
 
 def test_list_names_methods_models_suites(monkeypatch, capsys):

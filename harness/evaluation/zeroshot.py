@@ -46,6 +46,7 @@ class ZeroShotResult:
     metrics: dict[str, float] = field(default_factory=dict)
     n_items: dict[str, int] = field(default_factory=dict)
     per_item: dict[str, dict[str, int]] = field(default_factory=dict)
+    per_item_choices: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,11 +126,9 @@ def evaluate_zeroshot(
         grouped = isinstance(obj, Group)
         leaves = [task.task_name for task in obj.get_all_tasks()] if grouped else [name]
         result.n_items[name] = sum(output["n-samples"][leaf]["effective"] for leaf in leaves)
-        result.per_item[name] = {
-            f"{leaf}/{sample['doc_id']}" if grouped else str(sample["doc_id"]): int(sample[PRIMARY_METRIC])
-            for leaf in leaves
-            for sample in output["samples"][leaf]
-        }
+        samples = [(f"{leaf}/{sample['doc_id']}" if grouped else str(sample["doc_id"]), sample) for leaf in leaves for sample in output["samples"][leaf]]
+        result.per_item[name] = {key: int(sample[PRIMARY_METRIC]) for key, sample in samples}
+        result.per_item_choices[name] = {key: choices for key, sample in samples if (choices := _choice_scores(sample))}
     result.metrics["avg_acc"] = sum(result.metrics[f"{name}_{PRIMARY_METRIC}"] for name in names) / len(names)
     result.info = {
         "lm_eval_version": lm_eval.__version__,
@@ -147,6 +146,23 @@ def evaluate_zeroshot(
         "seconds": round(seconds, 1),
     }
     return result
+
+
+def _choice_scores(sample: dict[str, Any]) -> list[float] | None:
+    """[gold index, log-likelihood of each choice] of one multiple-choice item as lm-eval scored
+    it (rounded to 4 decimals), or None when the item is not a single-gold choice."""
+    target = sample.get("target")
+    if isinstance(target, str) and target.isdigit():
+        target = int(target)
+    if not isinstance(target, int) or isinstance(target, bool):
+        return None
+    scores = []
+    for response in sample.get("filtered_resps") or []:
+        value = response[0] if isinstance(response, (list, tuple)) else response
+        if isinstance(value, (list, tuple)):  # [(ll, is_greedy)]
+            value = value[0]
+        scores.append(round(float(value), 4))
+    return [target, *scores] if 0 <= target < len(scores) else None
 
 
 def _task_metrics(name: str, scores: dict[str, Any]) -> dict[str, float]:
