@@ -10,6 +10,7 @@ leaves out the value of no difference; the verdict names the metrics that decide
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from harness.report_tables import (
     DENSE,
@@ -48,21 +49,17 @@ def perplexity_table(results: Results, baseline: str) -> Table:
     headers = [*LABEL_HEADERS, "Wiki2 PPL", "Windows", f"Ratio vs {baseline}", "95% CI", "Ratio vs dense", "95% CI"]
     table = Table("Paired perplexity ratios", headers, len(LABEL_HEADERS))
     ppl = Column("Wiki2 PPL", PPL)
-    for model, label in results.groups:
-        rows = []
-        for method in results.methods:
-            if method == DENSE:
-                continue
-            ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in (baseline, DENSE)]
-            windows = next((r.n_windows for r in ratios if r is not None), None)
-            rows.append([
-                *group_labels([model, label], not rows),
-                Cell(results.method_label(model, label, method)),
-                stat_cell(results.stat(model, label, method, PPL), ppl),
-                Cell(str(windows) if windows else MISSING),
-                *(cell for ratio in ratios for cell in _ratio_cells(ratio)),
-            ])
-        table.add_group(rows)
+
+    def row(model: str, label: str, method: str) -> list[Cell]:
+        ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in (baseline, DENSE)]
+        windows = next((r.n_windows for r in ratios if r is not None), None)
+        return [
+            stat_cell(results.stat(model, label, method, PPL), ppl),
+            Cell(str(windows) if windows else MISSING),
+            *(cell for ratio in ratios for cell in _ratio_cells(ratio)),
+        ]
+
+    _add_method_rows(results, table, (DENSE,), row)
     table.notes = [
         "Ratio: perplexity of the row's method over the reference's on the same WikiText-2 windows (below 1: lower perplexity).",
         f"95% CI: paired bootstrap over windows, {RESAMPLES:,} resamples; {NOT_SIGNIFICANT}: the interval contains 1 (undecided).",
@@ -76,6 +73,19 @@ def _ratio_cells(result: RatioResult | None) -> list[Cell]:
         return [Cell(MISSING), Cell(MISSING)]
     mark = "" if result.decided else NOT_SIGNIFICANT
     return [Cell(f"{result.ratio:.4f}", mark=mark), Cell(f"[{result.ci_low:.4f}, {result.ci_high:.4f}]")]
+
+
+def _add_method_rows(results: Results, table: Table, skip: tuple[str, ...], row: Callable[[str, str, str], list[Cell] | None]) -> None:
+    """One group per model × sparsity, one row per method not in `skip` for which `row` gives
+    the value cells (None: no row); the group and method labels come first."""
+    for model, label in results.groups:
+        rows = []
+        for method in results.methods:
+            if method in skip or (cells := row(model, label, method)) is None:
+                continue
+            rows.append([*group_labels([model, label], not rows), Cell(results.method_label(model, label, method)), *cells])
+        if rows:
+            table.add_group(rows)
 
 
 def _pairs(results: Results, model: str, label: str, method: str, reference: str) -> dict[str, PairedCounts]:
@@ -104,37 +114,31 @@ def paired_accuracy_table(results: Results, baseline: str) -> Table:
     """Each pruned method against the baseline on the items both answered."""
     headers = [*LABEL_HEADERS, "Items", f"Δ acc vs {baseline}", "MDE 80%", "McNemar p", "Only method right", f"Only {baseline} right", "Δ margin", "95% CI"]
     table = Table(f"Paired accuracy vs {baseline}", headers, len(LABEL_HEADERS))
-    for model, label in results.groups:
-        rows = []
-        for method in results.methods:
-            if method in (DENSE, baseline):
-                continue
-            pairs = _pairs(results, model, label, method, baseline)
-            if not pairs:
-                continue
-            pooled, comparison = _pooled(pairs), results.comparison(model, label, method, baseline)
-            margin = results.margin_comparison(model, label, method, baseline)
-            mark = "" if comparison.average.significant else NOT_SIGNIFICANT
-            margin_cells = [Cell(MISSING), Cell(MISSING)]
-            if margin is not None:
-                result = margin.average
-                margin_cells = [
-                    Cell(f"{result.delta:+.3f}".replace("-", "−"), mark="" if result.significant else NOT_SIGNIFICANT),
-                    Cell(f"[{result.ci_low:+.3f}, {result.ci_high:+.3f}]".replace("-", "−")),
-                ]
-            rows.append([
-                *group_labels([model, label], not rows),
-                Cell(results.method_label(model, label, method)),
-                Cell(str(pooled.n)),
-                Cell(_pts(comparison.average.delta, signed=True), mark=mark),
-                Cell(_pts(average_mde(pairs))),
-                Cell(_p(pooled.p_mcnemar)),
-                Cell(str(pooled.only_a)),
-                Cell(str(pooled.only_b)),
-                *margin_cells,
-            ])
-        if rows:
-            table.add_group(rows)
+
+    def row(model: str, label: str, method: str) -> list[Cell] | None:
+        pairs = _pairs(results, model, label, method, baseline)
+        if not pairs:
+            return None
+        pooled, comparison = _pooled(pairs), results.comparison(model, label, method, baseline)
+        margin = results.margin_comparison(model, label, method, baseline)
+        margin_cells = [Cell(MISSING), Cell(MISSING)]
+        if margin is not None:
+            result = margin.average
+            margin_cells = [
+                Cell(f"{result.delta:+.3f}".replace("-", "−"), mark="" if result.significant else NOT_SIGNIFICANT),
+                Cell(f"[{result.ci_low:+.3f}, {result.ci_high:+.3f}]".replace("-", "−")),
+            ]
+        return [
+            Cell(str(pooled.n)),
+            Cell(_pts(comparison.average.delta, signed=True), mark="" if comparison.average.significant else NOT_SIGNIFICANT),
+            Cell(_pts(average_mde(pairs))),
+            Cell(_p(pooled.p_mcnemar)),
+            Cell(str(pooled.only_a)),
+            Cell(str(pooled.only_b)),
+            *margin_cells,
+        ]
+
+    _add_method_rows(results, table, (DENSE, baseline), row)
     table.notes = [
         "Δ acc: task-equal average accuracy, method minus baseline, in points; † : its paired bootstrap 95% interval contains 0.",
         "MDE 80%: the smallest true average delta this many items detect with 80% power at 5% (from the observed discordance).",
@@ -155,26 +159,16 @@ def flips_table(results: Results) -> Table:
     """Answers that change against the dense model: accuracy can hide them (Dutta et al. 2024)."""
     headers = [*LABEL_HEADERS, "Items", "Correct → wrong", "Wrong → correct", "Flips (%)", "McNemar p"]
     table = Table("Answer flips vs dense", headers, len(LABEL_HEADERS))
-    for model, label in results.groups:
-        rows = []
-        for method in results.methods:
-            if method == DENSE:
-                continue
-            pairs = _pairs(results, model, label, method, DENSE)
-            if not pairs:
-                continue
-            pooled = _pooled(pairs)
-            rows.append([
-                *group_labels([model, label], not rows),
-                Cell(results.method_label(model, label, method)),
-                Cell(str(pooled.n)),
-                Cell(str(pooled.only_b)),
-                Cell(str(pooled.only_a)),
-                Cell(fmt(100 * (pooled.only_a + pooled.only_b) / pooled.n)),
-                Cell(_p(pooled.p_mcnemar)),
-            ])
-        if rows:
-            table.add_group(rows)
+
+    def row(model: str, label: str, method: str) -> list[Cell] | None:
+        pairs = _pairs(results, model, label, method, DENSE)
+        if not pairs:
+            return None
+        pooled = _pooled(pairs)
+        flips = 100 * (pooled.only_a + pooled.only_b) / pooled.n
+        return [Cell(str(pooled.n)), Cell(str(pooled.only_b)), Cell(str(pooled.only_a)), Cell(fmt(flips)), Cell(_p(pooled.p_mcnemar))]
+
+    _add_method_rows(results, table, (DENSE,), row)
     table.notes = [
         "Correct → wrong: items the dense model answers right and the pruned one wrong; Wrong → correct: the reverse.",
         "Flips: both kinds, in % of the items both answered (all tasks pooled); an unchanged accuracy can hide many flips.",
@@ -209,24 +203,17 @@ def verdicts_table(results: Results, baseline: str) -> Table:
     """One line per comparison with the baseline: what each paired metric says, and the verdict."""
     headers = [*LABEL_HEADERS, "Perplexity ratio", "Δ acc (MDE)", "Verdict"]
     table = Table(f"Verdicts vs {baseline}", headers, len(LABEL_HEADERS))
-    for model, label in results.groups:
-        rows = []
-        for method in results.methods:
-            if method in (DENSE, baseline) or results.seeds(model, label, baseline) == 0:
-                continue
-            ratio = results.ppl_ratio(model, label, method, baseline)
-            comparison = results.comparison(model, label, method, baseline)
-            pairs = _pairs(results, model, label, method, baseline)
-            acc = MISSING if comparison is None else f"{_pts(comparison.average.delta, signed=True)} ({_pts(average_mde(pairs))})"
-            rows.append([
-                *group_labels([model, label], not rows),
-                Cell(results.method_label(model, label, method)),
-                *(_ratio_cells(ratio)[:1]),
-                Cell(acc),
-                Cell(verdict(results, model, label, method, baseline)),
-            ])
-        if rows:
-            table.add_group(rows)
+
+    def row(model: str, label: str, method: str) -> list[Cell] | None:
+        if results.seeds(model, label, baseline) == 0:
+            return None
+        comparison = results.comparison(model, label, method, baseline)
+        pairs = _pairs(results, model, label, method, baseline)
+        acc = MISSING if comparison is None else f"{_pts(comparison.average.delta, signed=True)} ({_pts(average_mde(pairs))})"
+        ratio = results.ppl_ratio(model, label, method, baseline)
+        return [_ratio_cells(ratio)[0], Cell(acc), Cell(verdict(results, model, label, method, baseline))]
+
+    _add_method_rows(results, table, (DENSE, baseline), row)
     table.notes = [
         "A metric decides when its paired 95% interval leaves out the value of no difference (perplexity ratio 1, accuracy or margin delta 0).",
         "Δ acc in points, with the minimum detectable effect at 80% power in parentheses.",
