@@ -29,7 +29,7 @@ from harness.report_tables import (
     significance_table,
     stderr_table,
 )
-from harness.report_stats import flips_table, paired_accuracy_table, perplexity_table, power_table, verdicts_table
+from harness.report_stats import fidelity_table, flips_table, paired_accuracy_table, perplexity_table, power_table, verdicts_table
 
 REQUIRED_FIELDS = ("model", "method", "sparsity", "metrics")
 SUFFIXES = {"md": ".md", "latex": ".tex"}
@@ -41,6 +41,7 @@ DESCRIPTIONS = {
     "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
     "significance": "Paired bootstrap per task and on the average, vs the baseline",
     "perplexity": "Paired perplexity ratios vs the baseline and dense, with intervals over windows",
+    "fidelity": "Fidelity to the dense model: KL divergence and top-1 agreement, with intervals",
     "paired": "Paired accuracy vs the baseline: exact McNemar, minimum detectable effect, gold-answer margin",
     "flips": "Answer flips against the dense model (correct → wrong, wrong → correct)",
     "power": "Items per task that a given effect needs, from the observed discordance",
@@ -68,6 +69,7 @@ _LATEX_ESCAPES = {
     "≥": r"$\geq$",
     "×": r"$\times$",
     "→": r"$\rightarrow$",
+    "‖": r"$\|$",
 }
 
 
@@ -211,6 +213,7 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
     tables["significance"] = significance_table(results, baseline)
     if results.has(PPL):
         tables["perplexity"] = perplexity_table(results, baseline)
+        tables["fidelity"] = fidelity_table(results)
     if results.tasks:
         tables["paired"] = paired_accuracy_table(results, baseline)
         tables["flips"] = flips_table(results)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
+
+from harness.evaluation.fidelity import TOPK
 from harness.report_tables import (
     DENSE,
     LABEL_HEADERS,
@@ -36,6 +39,7 @@ from harness.significance import (
     PairedCounts,
     RatioResult,
     items_needed,
+    mean_interval,
     minimum_detectable_effect,
     paired_counts,
 )
@@ -248,4 +252,42 @@ def power_table(results: Results, target: str, baseline: str) -> Table:
     ]
     if not rows:
         table.notes.insert(0, f"{target} and {baseline} share no per-item results.")
+    return table
+
+
+def _fidelity(results: Results, model: str, label: str, method: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per-window mean KL to dense and top-1 agreement of a cell (mean over its seeds)."""
+    blocks = [r.get("fidelity_per_window") for r in results.cell_records(model, label, method)]
+    if not blocks or not all(blocks) or len({len(b["kl"]) for b in blocks}) != 1:
+        return None
+    kl = np.mean([np.asarray(b["kl"], dtype=float) / b["tokens"] for b in blocks], axis=0)
+    top1 = np.mean([np.asarray(b["top1"], dtype=float) / b["tokens"] for b in blocks], axis=0)
+    return kl, top1
+
+
+def fidelity_table(results: Results) -> Table:
+    """How close each pruned model stays to its dense model on the perplexity windows."""
+    headers = [*LABEL_HEADERS, "Windows", "KL to dense", "95% CI", "Top-1 agreement (%)", "95% CI"]
+    table = Table("Fidelity to the dense model", headers, len(LABEL_HEADERS))
+
+    def row(model: str, label: str, method: str) -> list[Cell] | None:
+        found = _fidelity(results, model, label, method)
+        if found is None:
+            return None
+        kl, top1 = mean_interval(found[0]), mean_interval(found[1])
+        return [
+            Cell(str(len(found[0]))),
+            Cell(f"{kl[0]:.4f}"),
+            Cell(f"[{kl[1]:.4f}, {kl[2]:.4f}]"),
+            Cell(fmt(100 * top1[0])),
+            Cell(f"[{fmt(100 * top1[1])}, {fmt(100 * top1[2])}]"),
+        ]
+
+    _add_method_rows(results, table, (DENSE,), row)
+    table.notes = [
+        f"KL to dense: mean per-token KL(dense ‖ pruned) in nats over the dense top-{TOPK} tokens plus one tail bucket (a lower bound of the full KL).",
+        "Top-1 agreement: tokens whose most likely next token is the dense model's. CI: bootstrap 95% over windows.",
+    ]
+    if not table.rows:
+        table.notes.insert(0, "No record holds fidelity measurements (records from before they were stored).")
     return table

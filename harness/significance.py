@@ -228,3 +228,10 @@ def margins(per_item_choices: Mapping[str, Mapping[str, list[float]]]) -> dict[s
             if others:
                 task_margins[key] = scores[gold] - max(others)
     return out
+
+
+def mean_interval(values: np.ndarray, *, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, 95% bootstrap interval) of per-window values, e.g. a window's mean KL to dense."""
+    boot = _resampled_means(np.asarray(values, dtype=float), np.random.default_rng(seed))
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return float(np.mean(values)), float(low), float(high)

@@ -4,6 +4,7 @@ non-overlapping windows of `seqlen`, average the token-level NLL (exp of the mea
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,10 +33,13 @@ def window_nlls(
     batch_size: int = 4,
     progress: bool = False,
     desc: str = "perplexity",
+    observe: Callable[[int, int, torch.Tensor], None] | None = None,
 ) -> tuple[float, list[float]]:
     """(perplexity, summed NLL of every window). The perplexity is summed per batch exactly as it
     always was; the per-window sums (each over seqlen − 1 predicted tokens) are what a paired
-    comparison of two models on the same windows resamples."""
+    comparison of two models on the same windows resamples. `observe(start, stop, logits)` sees
+    every batch's next-token logits (float32 [batch, seqlen − 1, vocab]), e.g. to measure
+    fidelity to the dense model in the same pass."""
     device = next(model.parameters()).device
     total_nll = 0.0
     total_tokens = 0
@@ -50,6 +54,8 @@ def window_nlls(
         total_tokens += batch[:, 1:].numel()
         token_nll = nn.functional.cross_entropy(flat_logits, targets, reduction="none").view(batch.shape[0], -1)
         per_window += token_nll.double().sum(dim=1).tolist()
+        if observe is not None:
+            observe(start, start + batch.shape[0], logits[:, :-1])
     return math.exp(total_nll / total_tokens), per_window
 
 
