@@ -28,6 +28,7 @@ _EXPORTS = {
     "GramAccumulator": "harness.accumulators",
     "Sparsity": "harness.sparsity",
     "select_mask": "harness.masks",
+    "global_lowest_masks": "harness.masks",
     "lowest_mask_matrix": "harness.masks",
     "lowest_mask_rows": "harness.masks",
     "nm_mask": "harness.masks",

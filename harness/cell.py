@@ -169,6 +169,7 @@ def _evaluate(
 
         result = evaluate_zeroshot(
             model, tokenizer, evaluation["tasks"], data_dir=settings.data_dir, limit=evaluation["limit"],
+            mmlu_limit=evaluation.get("mmlu_limit", "same"),
             batch_size=settings.eval_batch_size, hellaswag=settings.hellaswag, progress=settings.progress,
         )
         metrics.update(result.metrics)

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.layout import C4_TRAIN_FILE, HELLASWAG_FULL_FILE, SLIMPAJAMA_FILE, WIKITEXT2_FILE
-from harness.manifest import PROJECT_DATA, Entry, make_entry, read_manifest, write_manifest
+from harness.manifest import FETCHED_MANIFEST_FILE, PROJECT_DATA, Entry, make_entry, problem, read_manifest, write_manifest
 
 
 
@@ -133,11 +133,11 @@ def prepare_root(out: Path) -> None:
 
 
 def add_to_manifest(root: Path, relative: str, source: Source) -> Entry:
-    """Enter (or replace) the file's entry in the root's manifest."""
-    entries = dict(read_manifest(root) or {})
+    """Enter (or replace) the file's entry among the root's fetched entries."""
+    entries = dict(read_manifest(root, FETCHED_MANIFEST_FILE) or {})
     entry = make_entry(root, relative, source.origin, source.license)
     entries[relative] = entry
-    write_manifest(root, list(entries.values()))
+    write_manifest(root, list(entries.values()), FETCHED_MANIFEST_FILE)
     return entry
 
 
@@ -152,8 +152,12 @@ def fetch(names: list[str], out: Path, tokens: int, count_tokens: Callable[[str]
         raise _offline_error()
     prepare_root(out)
     entries = []
+    shipped = read_manifest(out) or {}
     for name in names:
         source = SOURCES[name]
+        if source.file in shipped and problem(out, shipped[source.file]) is None:
+            log(f"{name}: {Path(out) / source.file} is shipped and verified; kept as it is")
+            continue
         log(f"fetching {name} -> {Path(out) / source.file}")
         try:
             rows = write_jsonl_gz(Path(out) / source.file, _download_rows(name, tokens, count_tokens))

@@ -20,6 +20,9 @@ from pathlib import Path
 from harness.errors import HarnessError
 
 MANIFEST_FILE = "MANIFEST.json"
+FETCHED_MANIFEST_FILE = "MANIFEST.fetched.json"
+"""Entries of files `harness data fetch` added to a root: kept apart, so that fetching into the
+project's `data/` changes no tracked file (git ignores both the file and the fetched data)."""
 PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
 """The project's own data root: `data/` of the repository (what `make run` and the tests read)."""
 
@@ -63,9 +66,9 @@ def make_entry(root: Path, relative: str, source: str, license: str) -> Entry:
     return Entry(relative, count_rows(path), path.stat().st_size, file_sha256(path), source, license)
 
 
-def write_manifest(root: Path, entries: list[Entry]) -> Path:
-    """Write (or replace) `root/MANIFEST.json` with `entries`, sorted by path."""
-    target = Path(root) / MANIFEST_FILE
+def write_manifest(root: Path, entries: list[Entry], name: str = MANIFEST_FILE) -> Path:
+    """Write (or replace) `root/name` with `entries`, sorted by path."""
+    target = Path(root) / name
     payload = {"files": [asdict(entry) for entry in sorted(entries, key=lambda e: e.path)]}
     staging = target.with_suffix(".tmp")
     staging.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -73,9 +76,9 @@ def write_manifest(root: Path, entries: list[Entry]) -> Path:
     return target
 
 
-def read_manifest(root: Path) -> dict[str, Entry] | None:
-    """The entries of `root/MANIFEST.json` by path, or None when the root has none."""
-    path = Path(root) / MANIFEST_FILE
+def read_manifest(root: Path, name: str = MANIFEST_FILE) -> dict[str, Entry] | None:
+    """The entries of `root/name` by path, or None when the root has none."""
+    path = Path(root) / name
     if not path.exists():
         return None
     return _parsed_manifest(path, path.stat().st_mtime_ns)
@@ -92,10 +95,10 @@ def _parsed_manifest(path: Path, mtime_ns: int) -> dict[str, Entry]:
 
 
 def manifest_for(root: Path) -> tuple[dict[str, Entry], Path]:
-    """The manifest that governs `root`: its own, else the project's."""
+    """The manifest that governs `root`: its own (with the entries fetch added), else the project's."""
     own = read_manifest(root)
     if own is not None:
-        return own, Path(root) / MANIFEST_FILE
+        return {**own, **(read_manifest(root, FETCHED_MANIFEST_FILE) or {})}, Path(root) / MANIFEST_FILE
     project = read_manifest(PROJECT_DATA)
     if project is None:
         raise HarnessError(f"the project's data manifest {PROJECT_DATA / MANIFEST_FILE} is missing; restore data/ from the repository")

@@ -63,3 +63,47 @@ def select_mask(scores: torch.Tensor, sparsity: Sparsity, group: str = "matrix")
     if group == "matrix":
         return lowest_mask_matrix(scores, sparsity.ratio)
     raise ValueError(f"unknown comparison group {group!r}; use 'row' or 'matrix'")
+
+
+def _sortable_keys(values: torch.Tensor) -> torch.Tensor:
+    """int32 keys in the order of the float32 values (negative below positive, −0 below +0)."""
+    bits = values.detach().float().contiguous().view(torch.int32)
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def global_lowest_masks(scores: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
+    """Keep-masks that drop the `ratio` lowest scores of all tensors together, exactly, without
+    concatenating them: the threshold is the k-th smallest score, found by bisection over the
+    float32 order (32 counting passes, each one tensor at a time), and scores equal to it are
+    dropped in tensor order, then flat index order, until the count is exact. Extra memory: the
+    keys and masks of the largest tensor, not of the model (an 8B model's logits need 28 GB to
+    concatenate)."""
+    total = sum(t.numel() for t in scores.values())
+    k = prune_count(total, ratio)
+    if k == 0:
+        return {name: torch.ones_like(t, dtype=torch.bool) for name, t in scores.items()}
+
+    def count_at_most(key: int) -> int:
+        return sum(int((_sortable_keys(t) <= key).sum()) for t in scores.values())
+
+    low = min(int(_sortable_keys(t).min()) for t in scores.values())
+    high = max(int(_sortable_keys(t).max()) for t in scores.values())
+    while low < high:  # the smallest key with at least k scores at or below it
+        middle = (low + high) // 2
+        if count_at_most(middle) >= k:
+            high = middle
+        else:
+            low = middle + 1
+    ties_to_drop = k - (count_at_most(low - 1) if low > -(2**31) else 0)
+    masks = {}
+    for name, tensor in scores.items():
+        keys = _sortable_keys(tensor)
+        keep = keys > low
+        if ties_to_drop > 0:
+            tied = (keys == low).flatten().nonzero().squeeze(1)
+            keep.view(-1)[tied[ties_to_drop:]] = True  # the first ties_to_drop equal scores go
+            ties_to_drop -= min(ties_to_drop, tied.numel())
+        else:
+            keep |= keys == low
+        masks[name] = keep
+    return masks

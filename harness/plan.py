@@ -91,8 +91,10 @@ def _check_settings(settings: RunSettings) -> None:
 
 
 def _evaluation(settings: RunSettings) -> dict[str, Any]:
+    """The evaluation part of a cell's identity. `mmlu_limit` appears only where it differs from
+    `limit`, so cells from before it existed keep their names."""
     tasks = list(settings.tasks)
-    return {
+    evaluation = {
         "ppl_dataset": "wikitext2",
         "ppl_seqlen": settings.ppl_seqlen,
         "ppl_tokens": settings.ppl_tokens,
@@ -100,6 +102,9 @@ def _evaluation(settings: RunSettings) -> dict[str, Any]:
         "limit": settings.limit if tasks else None,
         "hellaswag": settings.hellaswag if "hellaswag" in tasks else None,
     }
+    if "mmlu" in tasks and settings.mmlu_limit != settings.limit:
+        evaluation["mmlu_limit"] = settings.mmlu_limit
+    return evaluation
 
 
 def _identity(cell: Cell, config: PrunerConfig | None, settings: RunSettings, evaluation: dict[str, Any]) -> dict[str, Any]:

@@ -50,12 +50,13 @@ EFFECTS = (0.01, 0.02, 0.05)  # effects (accuracy fractions) for which the power
 def perplexity_table(results: Results, baseline: str) -> Table:
     """Every pruned method's WikiText-2 perplexity as a paired ratio against the baseline and
     against dense, with bootstrap intervals over the shared windows."""
-    headers = [*LABEL_HEADERS, "Wiki2 PPL", "Windows", f"Ratio vs {baseline}", "95% CI", "Ratio vs dense", "95% CI"]
+    references = list(dict.fromkeys([baseline, DENSE]))
+    headers = [*LABEL_HEADERS, "Wiki2 PPL", "Windows", *(h for r in references for h in (f"Ratio vs {r}", "95% CI"))]
     table = Table("Paired perplexity ratios", headers, len(LABEL_HEADERS))
     ppl = Column("Wiki2 PPL", PPL)
 
     def row(model: str, label: str, method: str) -> list[Cell]:
-        ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in (baseline, DENSE)]
+        ratios = [None if method == reference else results.ppl_ratio(model, label, method, reference) for reference in references]
         windows = next((r.n_windows for r in ratios if r is not None), None)
         return [
             stat_cell(results.stat(model, label, method, PPL), ppl),

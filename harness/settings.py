@@ -159,6 +159,10 @@ class RunSettings:
         ByDevice(cpu=20, cuda=None), "--limit", Count(all_word=True, auto=True),
         "Items per task (per MMLU subject).", shown="all on GPU, 20 on CPU",
     )
+    mmlu_limit: int | None = setting(
+        SameAs("limit"), "--mmlu-limit", Count(all_word=True, auto=True),
+        "Items per MMLU subject (57 subjects), when MMLU's limit differs from the other tasks'.", shown="the --limit",
+    )
     eval_batch_size: int | str = setting(AUTO, "--eval-batch-size", Count(auto=True), "lm-eval batch size (auto: the largest that fits).")
     hellaswag: str = setting(
         "exact", "--hellaswag", Choice(("exact", "normalized", "full")),

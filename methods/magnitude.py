@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from harness.config import PrunerConfig
-from harness.masks import lowest_mask_matrix, select_mask
+from harness.masks import global_lowest_masks, select_mask
 from harness.pruner import PruneContext, Pruner
 from harness.sparsity import Sparsity
 
@@ -41,10 +41,6 @@ class MagnitudePruner(Pruner):
 
     @staticmethod
     def _prune_global(linears: dict[str, nn.Linear], ratio: float) -> None:
-        scores = torch.cat([linear.weight.abs().flatten().float() for linear in linears.values()])
-        keep = lowest_mask_matrix(scores, ratio)
-        offset = 0
-        for linear in linears.values():
-            n = linear.weight.numel()
-            linear.weight.mul_(keep[offset : offset + n].view_as(linear.weight))
-            offset += n
+        keep = global_lowest_masks({name: linear.weight.abs() for name, linear in linears.items()}, ratio)
+        for name, linear in linears.items():
+            linear.weight.mul_(keep[name])

@@ -236,3 +236,28 @@ def test_c4_calibration_windows_start_with_bos_when_asked(tmp_path, data_dir):
     assert plain.shape == with_bos.shape == (4, 16)
     assert (with_bos[:, 0] == tokenizer.bos_token_id).all()
     assert torch.equal(with_bos[:, 1:].flatten(), plain.flatten()[: 4 * 15])
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.5, 0.77])
+def test_global_lowest_masks_equal_the_concatenated_top_k(ratio):
+    from harness.masks import global_lowest_masks
+
+    g = torch.Generator().manual_seed(0)
+    scores = {f"m{i}": torch.randn(37 + i, 53, generator=g) for i in range(5)}
+    masks = global_lowest_masks(scores, ratio)
+    flat = torch.cat([masks[name].flatten() for name in scores])
+    assert torch.equal(flat, lowest_mask_matrix(torch.cat([t.flatten() for t in scores.values()]), ratio))
+    assert int((~flat).sum()) == prune_count(flat.numel(), ratio)
+
+
+def test_global_lowest_masks_break_ties_in_order_and_stay_exact():
+    from harness.masks import global_lowest_masks
+
+    scores = {"a": torch.tensor([[1.0, 1.0, 0.0], [1.0, 2.0, -0.0]]), "b": torch.tensor([1.0, 1.0, -3.0])}
+    masks = global_lowest_masks(scores, 0.5)  # 9 scores, 4 dropped: -3, -0, 0 and the first tied 1
+    assert masks["a"].tolist() == [[False, True, False], [True, True, False]]
+    assert masks["b"].tolist() == [True, True, False]
+    levels = {f"m{i}": torch.randint(0, 3, (64, 64), generator=torch.Generator().manual_seed(i)).float() for i in range(4)}
+    for ratio in (0.2, 0.5, 0.9):  # three distinct values only: almost every count is decided by ties
+        kept = sum(int(m.sum()) for m in global_lowest_masks(levels, ratio).values())
+        assert 4 * 64 * 64 - kept == prune_count(4 * 64 * 64, ratio)

@@ -238,3 +238,27 @@ def test_leap_corpus_is_checked_up_front_and_its_passes_recorded(monkeypatch, ca
     paper = leap.corpus_use(PruneContext(tokenizer=tokenizer), Budget(2000, 4, 32, 4096))
     assert paper["passes"] > 100
     assert "goes through its corpus c4-local" in capsys.readouterr().err
+
+
+def test_fetch_writes_the_layout_and_its_manifest(tmp_path, monkeypatch):
+    """The fetch pipeline with only the download replaced by local rows in the hub's format: a new
+    root starts as the project's data, fetched files enter the fetched manifest, shipped files
+    are kept, and the root verifies."""
+    import harness.fetch as fetch_module
+    from harness.manifest import FETCHED_MANIFEST_FILE
+
+    hub_c4 = read_jsonl_gz(PROJECT_DATA / "c4" / "c4_validation_2k.jsonl.gz")[:40]
+    monkeypatch.setattr(fetch_module, "_hub_resolves", lambda endpoint: True)
+    monkeypatch.setattr(fetch_module, "_download_rows", lambda name, tokens, count: c4_rows(hub_c4))
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HARNESS_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "fetched"
+    lines: list[str] = []
+    entries = fetch_module.fetch(["c4-train", "wikitext2"], root, 1000, len, log=lines.append)
+    assert [entry.path for entry in entries] == [SOURCES["c4-train"].file]
+    assert any("shipped and verified" in line for line in lines)
+    assert read_manifest(root, FETCHED_MANIFEST_FILE)[SOURCES["c4-train"].file].rows == 40
+    assert all(why is None for _, why in verify_folder(root))
+    assert data_file(root, SOURCES["c4-train"].file).exists()

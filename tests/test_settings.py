@@ -217,3 +217,10 @@ def test_no_import_cycles():
     for module in sorted(graph):
         visit(module, [])
     assert not cycles, " ; ".join(" -> ".join(cycle) for cycle in cycles)
+
+
+def test_mmlu_limit_enters_the_identity_only_where_it_differs():
+    same = plan_cells(RunSettings(device="cpu", limit=20).resolved())[0].identity["evaluation"]
+    assert "mmlu_limit" not in same  # cells from before the setting keep their names
+    apart = plan_cells(RunSettings(device="cpu", limit="all", mmlu_limit=20).resolved())[0].identity["evaluation"]
+    assert apart["limit"] is None and apart["mmlu_limit"] == 20

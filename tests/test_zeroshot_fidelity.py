@@ -295,3 +295,15 @@ def _batch_rows(args: tuple, kwargs: dict) -> int:
     input_ids = args[0] if args else kwargs["input_ids"]
     assert isinstance(input_ids, torch.Tensor)
     return input_ids.shape[0]
+
+
+def test_mmlu_takes_its_own_limit(tiny_lm, data_dir, no_network):
+    """The decisive protocol scores the small tasks in full and MMLU on a subset: one lm-eval run
+    per distinct limit, merged; every item keeps its choice log-likelihoods."""
+    model, tokenizer = tiny_lm
+    result = evaluate_zeroshot(model, tokenizer, ["mmlu", "openbookqa"], data_dir=data_dir, limit=3, mmlu_limit=1, progress=False)
+    assert result.n_items == {"mmlu": 57, "openbookqa": 3}
+    assert result.info["limit"] == 3 and result.info["mmlu_limit"] == 1
+    assert set(result.per_item_choices["openbookqa"]) == set(result.per_item["openbookqa"])
+    gold, *scores = result.per_item_choices["mmlu"]["mmlu_anatomy/0"]
+    assert len(scores) == 4 and result.per_item["mmlu"]["mmlu_anatomy/0"] == int(scores.index(max(scores)) == gold)

@@ -80,16 +80,22 @@ def evaluate_zeroshot(
     *,
     data_dir: Path | None = None,
     limit: int | None = None,
+    mmlu_limit: int | None | str = "same",
     batch_size: int | str = DEFAULT_BATCH_SIZE,
     hellaswag: str = "exact",
     progress: bool = True,
 ) -> ZeroShotResult:
-    """Evaluate an in-memory HF causal LM with lm-eval's official task configs on local data, offline."""
+    """Evaluate an in-memory HF causal LM with lm-eval's official task configs on local data,
+    offline. `limit` keeps the first items of every task (of every MMLU subject); `mmlu_limit`,
+    unless "same", sets MMLU's apart (a decisive protocol scores the small tasks in full and
+    MMLU's 14k questions on a subset)."""
     names = resolve_tasks(tasks)
     if not names:
         return ZeroShotResult()
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise HarnessError(f"zero-shot limit must be a positive integer or None, got {limit!r}")
+    limits = {name: limit if name != "mmlu" or mmlu_limit == "same" else mmlu_limit for name in names}
+    for value in set(limits.values()):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise HarnessError(f"zero-shot limit must be a positive integer or None, got {value!r}")
 
     if not progress:
         datasets.disable_progress_bars()
@@ -104,17 +110,21 @@ def evaluate_zeroshot(
             progress=progress,
         )
         start = time.perf_counter()
-        # Seeds None: scoring is deterministic, and the caller's global RNG streams stay untouched.
-        output = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=list(built.values()),
-            limit=limit,
-            task_manager=task_manager(),
-            log_samples=True,
-            random_seed=None,
-            numpy_random_seed=None,
-            torch_random_seed=None,
-        )
+        output: dict[str, dict] = {key: {} for key in ("results", "n-samples", "samples", "n-shot", "versions")}
+        for value in dict.fromkeys(limits.values()):  # one lm-eval run per distinct limit
+            # Seeds None: scoring is deterministic, and the caller's global RNG streams stay untouched.
+            part = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=[built[name] for name in names if limits[name] == value],
+                limit=value,
+                task_manager=task_manager(),
+                log_samples=True,
+                random_seed=None,
+                numpy_random_seed=None,
+                torch_random_seed=None,
+            )
+            for key, merged in output.items():
+                merged.update(part[key])
     finally:
         if not progress:
             datasets.enable_progress_bars()
@@ -134,6 +144,7 @@ def evaluate_zeroshot(
         "lm_eval_version": lm_eval.__version__,
         "tasks": names,
         "limit": limit,
+        **({"mmlu_limit": limits["mmlu"]} if "mmlu" in names and limits["mmlu"] != limit else {}),
         "num_fewshot": max(output["n-shot"].values()),
         "batch_size": batch_size,
         "auto_batch_sizes": list(lm.batch_sizes.values()),

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.masks import lowest_mask_matrix
+from harness.masks import global_lowest_masks
 
 LOGIT_PARAM = "mask_logits"
 _UNIFORM_EPS = 2.0**-24  # u is clamped to [eps, 1 − eps]: the logistic noise stays within ±16.6
@@ -217,19 +217,12 @@ def init_logits(
 
 
 def hard_masks(logits: dict[str, torch.Tensor], sparsity: float | None) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks from the logits: an exact global top-k at `sparsity`, or θ > 0 (the
-    reference's threshold) when `sparsity` is None."""
+    """Boolean keep-masks from the logits: an exact global top-k at `sparsity` (found matrix by
+    matrix, with memory bounded by the largest matrix), or θ > 0 (the reference's threshold)
+    when `sparsity` is None."""
     if sparsity is None:
         return {name: theta.detach() > 0 for name, theta in logits.items()}
-    flat = torch.cat([theta.detach().flatten() for theta in logits.values()])
-    keep = lowest_mask_matrix(flat, sparsity)
-    del flat
-    masks: dict[str, torch.Tensor] = {}
-    offset = 0
-    for name, theta in logits.items():
-        masks[name] = keep[offset : offset + theta.numel()].view_as(theta)
-        offset += theta.numel()
-    return masks
+    return global_lowest_masks(logits, sparsity)
 
 
 def pack_mask(keep: torch.Tensor) -> np.ndarray:
