@@ -14,7 +14,11 @@ def prune_count(numel: int, ratio: float) -> int:
 
 def lowest_mask_matrix(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """Boolean keep-mask that drops the `ratio` lowest scores of the whole tensor."""
-    k = prune_count(scores.numel(), ratio)
+    return lowest_k_mask(scores, prune_count(scores.numel(), ratio))
+
+
+def lowest_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean keep-mask that drops exactly the `k` lowest scores of the whole tensor."""
     keep = torch.ones(scores.numel(), dtype=torch.bool, device=scores.device)
     if k > 0:
         idx = torch.topk(scores.flatten().float(), k, largest=False, sorted=False).indices

@@ -15,6 +15,7 @@ from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, nm_mask, prune_count, select_mask
 from harness.methods.admm import ADMMPruner
 from harness.methods.sparsegpt import SparseGPTPruner, block_quotas, inverse_hessian_factor
+from harness.methods.thanos import ThanosPruner
 from harness.methods.wanda import WandaPruner
 from harness.pruner import PruneContext
 from harness.sparsity import Sparsity
@@ -22,7 +23,7 @@ from harness.targets import find_linears, target_linears
 from tests.conftest import tiny_gemma3, tiny_llama
 from tests.test_engine import recorded_inputs
 
-LAYERWISE = [WandaPruner, SparseGPTPruner, ADMMPruner]
+LAYERWISE = [WandaPruner, SparseGPTPruner, ThanosPruner, ADMMPruner]
 
 
 def correlated_inputs(tokens: int, features: int, seed: int = 0) -> torch.Tensor:
