@@ -23,6 +23,7 @@ _EXPORTS = {
     "PrunerConfig": "harness.config",
     "LayerwisePruner": "harness.engine",
     "LayerwiseConfig": "harness.engine",
+    "GramPruner": "harness.engine",
     "Accumulator": "harness.accumulators",
     "InputNormAccumulator": "harness.accumulators",
     "GramAccumulator": "harness.accumulators",

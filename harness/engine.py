@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.accumulators import Accumulator, AccumulatorFactory, InputStatistics
+from harness.accumulators import Accumulator, AccumulatorFactory, GramAccumulator, InputStatistics
 from harness.config import PrunerConfig
 from harness.errors import HarnessError
 from harness.pruner import PruneContext, Pruner
@@ -268,6 +268,20 @@ class LayerwisePruner(Pruner):
             return self.prune_matrix(weight, stats, sparsity)
 
         return prune_layerwise(model, ctx.targets(model), ctx.calibration, self.accumulator, prune, self.config, ctx.progress)
+
+
+class GramPruner(LayerwisePruner):
+    """A layer-wise method that works from the inputs' Gram matrix XᵀX, the layer Hessian up to
+    scale (SparseGPT, Thanos, ADMM)."""
+
+    def accumulator(self, linear: nn.Linear) -> GramAccumulator:
+        return GramAccumulator(linear.in_features, linear.weight.device)
+
+
+def check_blocks_hold_groups(method: str, blocksize: int, sparsity: Sparsity) -> None:
+    """Column blocks must not split N:M groups: `blocksize` a multiple of M."""
+    if sparsity.is_nm and blocksize % sparsity.m:
+        raise HarnessError(f"{method}.blocksize ({blocksize}) must be a multiple of M={sparsity.m}")
 
 
 def _targets_per_layer(layers: nn.ModuleList, targets: dict[str, nn.Linear]) -> dict[int, dict[str, nn.Linear]]:

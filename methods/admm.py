@@ -24,10 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from harness.accumulators import GramAccumulator
-from harness.engine import LayerwiseConfig, LayerwisePruner
+from harness.engine import GramPruner, LayerwiseConfig
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, lowest_mask_rows, nm_mask
 from harness.sparsity import Sparsity
@@ -120,15 +119,13 @@ def admm_reconstruct(weight: torch.Tensor, gram: torch.Tensor, keep: torch.Tenso
     return admm_solve(weight, gram, lambda scores, step: fixed, cfg)
 
 
-class ADMMPruner(LayerwisePruner):
+class ADMMPruner(GramPruner):
     """Layer reconstruction by ADMM on Wanda-preconditioned weights; mask and weights both change."""
 
     name = "admm"
     Config = ADMMConfig
     report_rank = 40
 
-    def accumulator(self, linear: nn.Linear) -> GramAccumulator:
-        return GramAccumulator(linear.in_features, linear.weight.device)
 
     def prune_matrix(self, weight: torch.Tensor, stats: GramAccumulator, sparsity: Sparsity) -> torch.Tensor:
         return admm_prune(weight, stats.gram, sparsity, self.config)

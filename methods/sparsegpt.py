@@ -20,10 +20,9 @@ import itertools
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from harness.accumulators import GramAccumulator
-from harness.engine import LayerwiseConfig, LayerwisePruner
+from harness.engine import GramPruner, LayerwiseConfig, check_blocks_hold_groups
 from harness.errors import HarnessError
 from harness.masks import lowest_mask_matrix, nm_mask
 from harness.sparsity import Sparsity
@@ -71,7 +70,7 @@ def _obs_scores(W1: torch.Tensor, d: torch.Tensor, dead: torch.Tensor) -> torch.
     return scores
 
 
-class SparseGPTPruner(LayerwisePruner):
+class SparseGPTPruner(GramPruner):
     """Optimal Brain Surgeon pruning, column by column, with the remaining weights updated."""
 
     name = "sparsegpt"
@@ -80,11 +79,8 @@ class SparseGPTPruner(LayerwisePruner):
 
     def check_sparsity(self, sparsity: Sparsity) -> None:
         super().check_sparsity(sparsity)
-        if sparsity.is_nm and self.config.blocksize % sparsity.m:
-            raise HarnessError(f"sparsegpt.blocksize ({self.config.blocksize}) must be a multiple of M={sparsity.m}")
+        check_blocks_hold_groups("sparsegpt", self.config.blocksize, sparsity)
 
-    def accumulator(self, linear: nn.Linear) -> GramAccumulator:
-        return GramAccumulator(linear.in_features, linear.weight.device)
 
     def prune_matrix(self, weight: torch.Tensor, stats: GramAccumulator, sparsity: Sparsity) -> torch.Tensor:
         W = weight

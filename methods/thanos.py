@@ -23,10 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from harness.accumulators import GramAccumulator
-from harness.engine import LayerwiseConfig, LayerwisePruner
+from harness.engine import GramPruner, LayerwiseConfig, check_blocks_hold_groups
 from harness.errors import HarnessError
 from harness.masks import lowest_k_mask, nm_mask, prune_count
 from harness.sparsity import Sparsity
@@ -108,7 +107,7 @@ def thanos_prune(weight: torch.Tensor, gram: torch.Tensor, sparsity: Sparsity, c
     return W
 
 
-class ThanosPruner(LayerwisePruner):
+class ThanosPruner(GramPruner):
     """Block-wise removal of many weights per row with the closed-form update of the rest."""
 
     name = "thanos"
@@ -117,11 +116,8 @@ class ThanosPruner(LayerwisePruner):
 
     def check_sparsity(self, sparsity: Sparsity) -> None:
         super().check_sparsity(sparsity)
-        if sparsity.is_nm and self.config.blocksize % sparsity.m:
-            raise HarnessError(f"thanos.blocksize ({self.config.blocksize}) must be a multiple of M={sparsity.m}")
+        check_blocks_hold_groups("thanos", self.config.blocksize, sparsity)
 
-    def accumulator(self, linear: nn.Linear) -> GramAccumulator:
-        return GramAccumulator(linear.in_features, linear.weight.device)
 
     def prune_matrix(self, weight: torch.Tensor, stats: GramAccumulator, sparsity: Sparsity) -> torch.Tensor:
         return thanos_prune(weight, stats.gram, sparsity, self.config)
