@@ -164,6 +164,7 @@ class Results:
         self._comparisons: dict[tuple[CellKey, CellKey], Comparison | None] = {}
         self._ratios: dict[tuple[CellKey, CellKey], RatioResult | None] = {}
         self._margins: dict[tuple[CellKey, CellKey], Comparison | None] = {}
+        self._correctness: dict[CellKey, ItemScores] = {}
 
     @cached_property
     def pruners(self) -> dict[str, type[Pruner]]:
@@ -214,8 +215,7 @@ class Results:
         """Paired bootstrap of method vs reference on their shared per-item results (cached)."""
         pair = (_key(model, label, method), _key(model, label, reference))
         if pair not in self._comparisons:
-            a, b = (item_scores(r.get("per_item") or {} for r in self._records_by_cell.get(k, [])) for k in pair)
-            self._comparisons[pair] = paired_bootstrap(a, b)
+            self._comparisons[pair] = paired_bootstrap(self.correctness(model, label, method), self.correctness(model, label, reference))
         return self._comparisons[pair]
 
     def cell_records(self, model: str, label: str, method: str) -> list[dict]:
@@ -231,8 +231,12 @@ class Results:
         return self._margins[pair]
 
     def correctness(self, model: str, label: str, method: str) -> ItemScores:
-        """Mean correctness per task and item over the cell's seeds."""
-        return item_scores(r.get("per_item") or {} for r in self.cell_records(model, label, method))
+        """Mean correctness per task and item over the cell's seeds (computed once per cell: the
+        bootstrap, McNemar, flips and power tables all read it)."""
+        key = _key(model, label, method)
+        if key not in self._correctness:
+            self._correctness[key] = item_scores(r.get("per_item") or {} for r in self.cell_records(model, label, method))
+        return self._correctness[key]
 
     def ppl_ratio(self, model: str, label: str, method: str, reference: str) -> RatioResult | None:
         """Paired perplexity ratio of method over reference on their shared windows (cached)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.data import CALIBRATION_SOURCES
 from harness.errors import HarnessError
 from harness.kinds import AUTO, Choice, Count, DeviceName, Folder, Kind, Names, Seeds, Sparsities, Switch, Tasks, Text
 from harness.layout import C4_TRAIN_FILE
@@ -140,7 +141,7 @@ class RunSettings:
         "Tokens per calibration sample (and the default perplexity window).", shown="2048 on GPU, 512 on CPU",
     )
     calibration: str = setting(
-        IfDataFile(C4_TRAIN_FILE, "c4-train", "c4-local"), "--calibration", Choice((AUTO, "c4-local", "c4-train")),
+        IfDataFile(C4_TRAIN_FILE, "c4-train", "c4-local"), "--calibration", Choice((AUTO, *CALIBRATION_SOURCES)),
         "Calibration source: c4-train draws the papers' way from the C4 train shard (`harness data fetch`); "
         "c4-local concatenates the shipped C4 documents.",
         shown="c4-train when the shard is in the data root, else c4-local",
