@@ -28,9 +28,11 @@ from harness.memory import PeakMemory
 from harness.layout import WIKITEXT2_FILE
 from harness.manifest import manifest_for
 from harness.models import cache_dir, load_model, needs_bos_per_window
-from harness.plan import PlannedCell
+from harness.plan import PlannedCell, uses_calibration
+from harness.profiles import owl_profile
 from harness.provenance import git_commit, hardware, package_versions
 from harness.pruner import PruneContext
+from harness.sparsity import UNIFORM, Sparsity
 from harness.registry import get_pruner
 from harness.settings import RunSettings
 from harness.store import SCHEMA_VERSION, slug, write_record
@@ -77,6 +79,7 @@ def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], N
         "evaluation": {**identity["evaluation"], **eval_info},
         "realized_sparsity": prune_info.get("realized_sparsity", 0.0),
         "layer_sparsity": prune_info.get("layer_sparsity", {}),
+        "profile": prune_info.get("profile"),
         "metrics": metrics,
         **items,
         "method_stats": prune_info.get("stats", {}),
@@ -102,7 +105,7 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
     bos_per_window = needs_bos_per_window(model)
     start = time.perf_counter()
     calibration = None
-    if pruner_cls.needs_calibration:
+    if uses_calibration(cell.method, settings):
         calibration = calibration_windows(
             tokenizer, settings.calibration, settings.nsamples, settings.seqlen, cell.seed, settings.data_dir, bos_per_window
         )
@@ -117,6 +120,7 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
         progress=settings.progress,
         bos_per_window=bos_per_window,
     )
+    profile = _layer_profile(settings, model, ctx, cell.sparsity, timings)
     torch.manual_seed(cell.seed)
     result = pruner.run(model, cell.sparsity, ctx)
     timings["prune"] = result.seconds
@@ -128,7 +132,19 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
             f"{cell.method} left {result.realized_sparsity:.6f} zeros, below the target {cell.sparsity.ratio}: a bug in the method"
         )
     log(f"  {cell.method} @ {cell.sparsity.label()}: realized sparsity {result.realized_sparsity:.4f} in {result.seconds:.1f}s")
-    return dataclasses.asdict(result)
+    return {**dataclasses.asdict(result), "profile": profile}
+
+
+def _layer_profile(settings: RunSettings, model, ctx: PruneContext, sparsity: Sparsity, timings: dict[str, float]) -> dict[str, Any] | None:
+    """Set the per-matrix targets of a non-uniform profile into `ctx`, from the still-dense model;
+    what the record keeps of it (None for uniform)."""
+    profile = settings.sparsity_profile
+    if profile.name == UNIFORM:
+        return None
+    layers = owl_profile(model, ctx.targets(model), ctx.calibration, sparsity, profile, progress=settings.progress)
+    ctx.matrix_sparsity = layers.matrices
+    timings["profile"] = layers.seconds
+    return layers.record(profile)
 
 
 def _reference_path(model: str, settings: RunSettings, windows: torch.Tensor) -> Path:

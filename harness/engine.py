@@ -214,7 +214,7 @@ def prune_layerwise(
     """The sequential loop over decoder layers for the given linears (named as in `model`): each
     layer's inputs come from the already-pruned layers before it. Returns timing statistics."""
     engine = LayerwiseEngine(model, calibration, config.batch_size, config.offload, progress)
-    per_layer = _targets_per_layer(engine.layers, linears)
+    per_layer = targets_per_layer(engine.layers, linears)
     accumulate_seconds = prune_seconds = 0.0
     with _ieee_float32():
         for index, layer in engine.steps(max(per_layer) + 1):
@@ -251,6 +251,7 @@ class LayerwisePruner(Pruner):
 
     Config = LayerwiseConfig
     supports_nm = True
+    honours_profile = True
 
     @abc.abstractmethod
     def accumulator(self, linear: nn.Linear) -> Accumulator:
@@ -265,7 +266,7 @@ class LayerwisePruner(Pruner):
 
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
         def prune(name: str, weight: torch.Tensor, stats: Accumulator) -> torch.Tensor:
-            return self.prune_matrix(weight, stats, sparsity)
+            return self.prune_matrix(weight, stats, ctx.sparsity_of(name, sparsity))
 
         return prune_layerwise(model, ctx.targets(model), ctx.calibration, self.accumulator, prune, self.config, ctx.progress)
 
@@ -284,7 +285,7 @@ def check_blocks_hold_groups(method: str, blocksize: int, sparsity: Sparsity) ->
         raise HarnessError(f"{method}.blocksize ({blocksize}) must be a multiple of M={sparsity.m}")
 
 
-def _targets_per_layer(layers: nn.ModuleList, targets: dict[str, nn.Linear]) -> dict[int, dict[str, nn.Linear]]:
+def targets_per_layer(layers: nn.ModuleList, targets: dict[str, nn.Linear]) -> dict[int, dict[str, nn.Linear]]:
     """Targeted linears grouped by the index of the decoder layer that owns them."""
     owner = {id(module): index for index, layer in enumerate(layers) for module in layer.modules()}
     grouped: dict[int, dict[str, nn.Linear]] = {}

@@ -5,6 +5,7 @@ flag or file position."""
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,6 +130,28 @@ class Count(Kind):
         except ValueError:
             raise ValueError(f"takes {self.takes}; got {value!r}") from None
         if number < self.minimum:
+            raise ValueError(f"takes {self.takes}; got {value!r}")
+        return number
+
+
+@dataclass(frozen=True)
+class Number(Kind):
+    """A real number in [low, high]."""
+
+    low: float = 0.0
+    high: float = math.inf
+    metavar = "X"
+
+    @property
+    def takes(self) -> str:
+        return f"a number in [{self.low:g}, {self.high:g}]"
+
+    def accept(self, value: Any) -> float:
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            number = math.nan
+        if not self.low <= number <= self.high:
             raise ValueError(f"takes {self.takes}; got {value!r}")
         return number
 

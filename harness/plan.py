@@ -19,7 +19,7 @@ from harness.layout import HELLASWAG_FULL_FILE, WIKITEXT2_FILE
 from harness.models import check_model_spec
 from harness.registry import get_pruner
 from harness.settings import DENSE, RunSettings
-from harness.sparsity import Sparsity
+from harness.sparsity import UNIFORM, Sparsity
 from harness.store import record_path
 
 DENSE_SPARSITY = Sparsity(0.0)
@@ -75,14 +75,26 @@ def method_configs(settings: RunSettings) -> dict[str, PrunerConfig]:
         pruner = pruner_cls(config)
         for sparsity in settings.sparsities:
             pruner.check_sparsity(sparsity)
+        pruner.check_profile(settings.profile)
         configs[method] = config.resolve(device)
     return configs
+
+
+def uses_calibration(method: str, settings: RunSettings) -> bool:
+    """Whether a cell of `method` reads calibration windows: the method needs them, or the
+    layer-wise profile (OWL scores the dense model on them)."""
+    return get_pruner(method).needs_calibration or settings.profile != UNIFORM
 
 
 def _check_settings(settings: RunSettings) -> None:
     """What no single setting can say alone."""
     if settings.methods == (DENSE,) and not settings.include_dense:
         raise HarnessError("--methods dense with --no-dense leaves nothing to run; drop one of them")
+    nm = [str(sparsity) for sparsity in settings.sparsities if sparsity.is_nm]
+    if settings.profile != UNIFORM and nm:
+        raise HarnessError(
+            f"--profile {settings.profile} sets unstructured layer ratios; it cannot apply to --sparsity {','.join(nm)} (use --profile uniform)"
+        )
     if settings.ppl_tokens is not None and settings.ppl_tokens < settings.ppl_seqlen:
         raise HarnessError(
             f"--ppl-tokens {settings.ppl_tokens} is less than one perplexity window (--ppl-seqlen {settings.ppl_seqlen}); "
@@ -120,7 +132,10 @@ def _identity(cell: Cell, config: PrunerConfig | None, settings: RunSettings, ev
     if config is not None:
         identity["config"] = config.to_dict()
         identity["seed"] = cell.seed
-        if get_pruner(cell.method).needs_calibration:
+        profile = settings.sparsity_profile.identity()
+        if profile is not None:
+            identity["profile"] = profile
+        if uses_calibration(cell.method, settings):
             identity["calibration"] = {"dataset": CALIBRATION_NAMES[settings.calibration], "nsamples": settings.nsamples, "seqlen": settings.seqlen, "seed": cell.seed}
     return identity
 
@@ -169,7 +184,7 @@ def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
         if planned.config is not None:
             pruner = get_pruner(planned.cell.method)
             needed.update(pruner.data_files(planned.config))
-            if pruner.needs_calibration:
+            if uses_calibration(planned.cell.method, settings):
                 needed.add(calibration_file(settings.calibration))
     for relative in sorted(needed):
         data_file(settings.data_dir, relative)

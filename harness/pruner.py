@@ -18,7 +18,7 @@ from torch import nn
 from harness.config import PrunerConfig, build_config
 from harness.errors import HarnessError
 from harness.memory import PeakMemory
-from harness.sparsity import Sparsity
+from harness.sparsity import UNIFORM, Sparsity
 from harness.targets import count_zeros, target_linears
 
 
@@ -34,9 +34,14 @@ class PruneContext:
     workdir: Path | None = None  # for checkpoints of long-running methods
     bos_per_window: bool = False  # training/calibration windows start with <bos> (Gemma)
     progress: bool = True
+    matrix_sparsity: dict[str, Sparsity] | None = None  # per targeted linear, from a layer-wise profile (OWL)
 
     def targets(self, model: nn.Module) -> dict[str, nn.Linear]:
         return target_linears(model, self.target_pattern)
+
+    def sparsity_of(self, name: str, sparsity: Sparsity) -> Sparsity:
+        """The target of the targeted linear `name`: its profile's when the run has one, else `sparsity`."""
+        return sparsity if self.matrix_sparsity is None else self.matrix_sparsity[name]
 
 
 @dataclass
@@ -64,13 +69,16 @@ class Pruner(abc.ABC):
 
     Class attributes: `supports_nm` (accepts N:M sparsities; otherwise the run refuses them up
     front), `needs_calibration` (gets `ctx.calibration`, C4 token ids [nsamples, seqlen]), and
-    for the report `report_rank` (position of its rows: the papers' order magnitude 10, wanda 20,
-    sparsegpt 30, admm 40, leap 50; plugins 100, ties alphabetical) and `cost_stats`."""
+    `honours_profile` (prunes each matrix to `ctx.sparsity_of(name, sparsity)`, so `--profile
+    owl` applies; otherwise the run refuses the profile for it), and for the report
+    `report_rank` (position of its rows: the papers' order magnitude 10, wanda 20, sparsegpt 30,
+    admm 40, leap 50; plugins 100, ties alphabetical) and `cost_stats`."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type[PrunerConfig]] = PrunerConfig
     supports_nm: ClassVar[bool] = False
     needs_calibration: ClassVar[bool] = True
+    honours_profile: ClassVar[bool] = False
     report_rank: ClassVar[int] = 100
     cost_stats: ClassVar[tuple[tuple[str, str, float], ...]] = ()
     """Extra columns of the report's cost table: (header, key in the record's method_stats, scale)."""
@@ -89,7 +97,8 @@ class Pruner(abc.ABC):
 
         May change: the values of the targeted weights (zeros and, for reconstruction methods,
         the kept weights); nothing else of the model. Must: leave exactly the target sparsity
-        over the targeted weights unless `exact_sparsity()` says otherwise (the runner counts the
+        over the targeted weights (each matrix at `ctx.sparsity_of(name, sparsity)` for a method that
+        honours profiles) unless `exact_sparsity()` says otherwise (the runner counts the
         zeros and fails a cell below target); give the same masks for the same model, data and
         `ctx.seed` (seed any randomness from it); work on whatever device the model is on (CPU
         or CUDA) without moving it. `self.config` is already resolved for that device.
@@ -105,6 +114,11 @@ class Pruner(abc.ABC):
         produce; the runner asks before any model loads."""
         if sparsity.is_nm and not self.supports_nm:
             raise HarnessError(f"{self.name} does not support N:M sparsity ({sparsity}); use an unstructured ratio")
+
+    def check_profile(self, profile: str) -> None:
+        """Refuse, naming the fix, a layer-wise profile this method and config do not follow."""
+        if profile != UNIFORM and not self.honours_profile:
+            raise HarnessError(f"{self.name} does not follow a layer-wise profile (--profile {profile}); use --profile uniform")
 
     @classmethod
     def data_files(cls, config: PrunerConfig) -> list[str]:

@@ -17,14 +17,17 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.data import CALIBRATION_SOURCES
 from harness.errors import HarnessError
-from harness.kinds import AUTO, Choice, Count, DeviceName, Folder, Kind, Names, Seeds, Sparsities, Switch, Tasks, Text
+from harness.kinds import AUTO, Choice, Count, DeviceName, Folder, Kind, Names, Number, Seeds, Sparsities, Switch, Tasks, Text
 from harness.layout import C4_TRAIN_FILE
 from harness.models import DEFAULT_MODEL
-from harness.sparsity import Sparsity
+from harness.sparsity import PROFILES, UNIFORM, Sparsity
+
+if TYPE_CHECKING:
+    from harness.profiles import ProfileSettings
 
 DENSE = "dense"  # the pseudo-method of the unpruned model's row
 # The comparison the reports summarise unless told otherwise: the LEAP paper's claim against
@@ -181,6 +184,12 @@ class RunSettings:
         None, "--targets", Text(regex=True), "Regex over module names restricting the pruned linears.",
         key="targets", shown="every nn.Linear in the decoder layers",
     )
+    profile: str = setting(
+        UNIFORM, "--profile", Choice(PROFILES),
+        "Layer-wise sparsity: every matrix at the target, or OWL's outlier-weighted layer ratios (every method; unstructured).",
+    )
+    owl_lambda: float = setting(0.08, "--owl-lambda", Number(0.0, 0.5), "OWL: layer sparsities spread over target ± lambda.")
+    owl_m: float = setting(5.0, "--owl-m", Number(1.0), "OWL: a score is an outlier above M × its layer's mean.")
     include_dense: bool = setting(True, "--no-dense", Switch(), "Do not evaluate the dense model.", key="dense", shown="off")
     force: bool = setting(False, "--force", Switch(), "Recompute cells whose record exists.", key=None)
     save_model: Path | None = setting(
@@ -219,6 +228,12 @@ class RunSettings:
     def is_resolved(self) -> bool:
         """Whether the device and every device-dependent default are decided (`resolved()`)."""
         return self.device != AUTO and not any(getattr(self, name) == AUTO for name, spec in SETTINGS.items() if spec.by_device)
+
+    @property
+    def sparsity_profile(self) -> ProfileSettings:
+        from harness.profiles import ProfileSettings
+
+        return ProfileSettings(self.profile, self.owl_lambda, self.owl_m)
 
     @property
     def on_gpu(self) -> bool:

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from harness.errors import HarnessError
 
+UNIFORM = "uniform"
+OWL = "owl"
+PROFILES = (UNIFORM, OWL)
+"""Layer-wise sparsity profiles (`--profile`): every matrix at the target, or OWL's (harness.profiles)."""
+
 
 @dataclass(frozen=True)
 class Sparsity:

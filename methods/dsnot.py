@@ -158,9 +158,10 @@ class DSnoTPruner(LayerwisePruner):
         skip = None if self.config.skip == "none" else re.compile(rf"(^|\.){re.escape(self.config.skip)}\.")
 
         def prune(name: str, weight: torch.Tensor, stats: SequenceStatistics) -> torch.Tensor:
+            target = ctx.sparsity_of(name, sparsity)
             if skip is not None and skip.search(name):
-                keep, _ = self._initial(weight, stats, sparsity)
+                keep, _ = self._initial(weight, stats, target)
                 return weight.mul_(keep)
-            return self.prune_matrix(weight, stats, sparsity)
+            return self.prune_matrix(weight, stats, target)
 
         return prune_layerwise(model, ctx.targets(model), ctx.calibration, self.accumulator, prune, self.config, ctx.progress)

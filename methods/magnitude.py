@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from harness.config import PrunerConfig
+from harness.errors import HarnessError
 from harness.masks import global_lowest_masks, select_mask
 from harness.pruner import PruneContext, Pruner
-from harness.sparsity import Sparsity
+from harness.sparsity import UNIFORM, Sparsity
 
 
 @dataclass
@@ -27,6 +28,7 @@ class MagnitudePruner(Pruner):
     Config = MagnitudeConfig
     supports_nm = True
     needs_calibration = False
+    honours_profile = True
 
     @torch.no_grad()
     def prune(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> dict[str, Any]:
@@ -34,10 +36,16 @@ class MagnitudePruner(Pruner):
         if self.config.scope == "global" and not sparsity.is_nm:
             self._prune_global(linears, sparsity.ratio)
         else:
-            for linear in linears.values():
-                keep = select_mask(linear.weight.abs(), sparsity, self.config.scope)
+            for name, linear in linears.items():
+                keep = select_mask(linear.weight.abs(), ctx.sparsity_of(name, sparsity), self.config.scope)
                 linear.weight.mul_(keep)
         return {}
+
+    def check_profile(self, profile: str) -> None:
+        if profile != UNIFORM and self.config.scope == "global":
+            raise HarnessError(
+                f"magnitude.scope=global sets its own layer sparsities; drop --profile {profile} or use magnitude.scope=matrix"
+            )
 
     @staticmethod
     def _prune_global(linears: dict[str, nn.Linear], ratio: float) -> None:
