@@ -11,6 +11,7 @@ import pathlib
 from matplotlib.figure import Figure
 
 from harness.report_tables import AVG, DENSE, PPL, Results
+from harness.store import method_of_row
 
 PLOT_DESCRIPTIONS = {
     "avg_acc_vs_sparsity": "Average accuracy vs sparsity, per model",
@@ -21,7 +22,8 @@ PLOT_DESCRIPTIONS = {
 def method_figures(results: Results) -> list[tuple[str, str, Figure]]:
     """The figures each method with records draws of its own (`Pruner.report_figures`)."""
     figures = []
-    for method, pruner in results.pruners.items():
+    pruners = {method_of_row(row): pruner for row, pruner in results.pruners.items()}  # wanda and wanda+owl: one figure
+    for method, pruner in pruners.items():
         figures += pruner.report_figures([r for r in results.records if r["method"] == method])
     return figures
 

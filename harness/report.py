@@ -16,6 +16,7 @@ from harness.errors import HarnessError
 from harness.plots import write_plots
 from harness.provenance import hardware_label
 from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET
+from harness.store import row_name
 from harness.report_tables import (
     AVG,
     PPL,
@@ -99,7 +100,7 @@ def load_records(results_dir: pathlib.Path) -> tuple[list[dict], list[str]]:
         if problem:
             warnings.append(f"skipped {name}: {problem}")
             continue
-        key = (record["model"], record["method"], record.get("sparsity_label", record["sparsity"]), record.get("seed"))
+        key = (record["model"], row_name(record), record.get("sparsity_label", record["sparsity"]), record.get("seed"))
         if key in kept:
             older, newer = sorted([kept[key], (name, record)], key=lambda item: str(item[1].get("created", "")))
             warnings.append(f"skipped {older[0]}: superseded by {newer[0]} (same model, method, sparsity and seed)")

@@ -24,6 +24,7 @@ from harness.errors import HarnessError
 from harness.pruner import Pruner
 from harness.registry import get_pruner
 from harness.settings import DENSE
+from harness.store import method_of_row, row_name
 from harness.significance import (
     ALPHA,
     RESAMPLES,
@@ -143,7 +144,7 @@ def _flatten(record: dict) -> tuple[CellKey, dict[str, float]]:
         for name, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    return (record["model"], label, record["method"]), numeric
+    return (record["model"], label, row_name(record)), numeric
 
 
 class Results:
@@ -251,11 +252,11 @@ class Results:
         return float(self._sparsity.xs((model, label), level=[0, 1]).mean())
 
 
-def _pruner(method: str) -> type[Pruner] | None:
-    if method == DENSE:
+def _pruner(row: str) -> type[Pruner] | None:
+    if row == DENSE:
         return None
     try:
-        return get_pruner(method)
+        return get_pruner(method_of_row(row))
     except HarnessError:
         return None
 

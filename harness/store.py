@@ -48,3 +48,18 @@ def read_record(path: Path) -> dict[str, Any]:
     if not isinstance(record, dict) or "method" not in record or "metrics" not in record:
         raise HarnessError(f"record file {path} is not a harness record; delete it to recompute the cell")
     return record
+
+
+PROFILE_MARK = "+"
+
+
+def row_name(record: dict[str, Any]) -> str:
+    """The method as a report row names it: `wanda`, or `wanda+owl` for a non-uniform layer
+    profile, so both can sit in one results folder and one table."""
+    profile = (record.get("profile") or {}).get("name")
+    return f"{record['method']}{PROFILE_MARK}{profile}" if profile else record["method"]
+
+
+def method_of_row(row: str) -> str:
+    """The registered method behind a report row (`wanda+owl` -> `wanda`)."""
+    return row.split(PROFILE_MARK, 1)[0]

@@ -14,7 +14,7 @@ from harness.registry import get_pruner
 from harness.runner import run_sweep
 from harness.settings import RunSettings
 from harness.sparsity import Sparsity
-from harness.targets import count_zeros, decoder_layers, target_linears
+from harness.targets import decoder_layers, target_linears
 from tests.conftest import tiny_llama
 from tests.helpers import run_cli, tiny_model_folder
 

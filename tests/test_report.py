@@ -145,6 +145,19 @@ def test_perplexity_only_records(tmp_path: pathlib.Path) -> None:
     assert "no record has an average accuracy; deltas summary skipped" in output.warnings
 
 
+def test_a_profile_is_its_own_row(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    _write_record(results, "wanda.json", method="wanda", metrics={"wikitext2_ppl": 50.0})
+    _write_record(results, "wanda-owl.json", method="wanda", metrics={"wikitext2_ppl": 45.0}, profile={"name": "owl"})
+    _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
+    output = write_report(results, tmp_path / "report", target="wanda+owl")
+    rows = _rows(output.main_markdown)
+    assert list(rows) == [("m", "0.50", "wanda"), ("m", "0.50", "wanda+owl"), ("m", "0.50", "admm")]
+    assert rows[("m", "0.50", "wanda+owl")] == ["45.00"]
+    assert not any("superseded" in warning for warning in output.warnings)
+
+
 def test_rerun_supersedes_the_older_record(tmp_path: pathlib.Path) -> None:
     _write_record(tmp_path, "a.json", metrics={"wikitext2_ppl": 40.0}, created="2026-11-30T10:00:00Z")
     _write_record(tmp_path, "b.json", metrics={"wikitext2_ppl": 99.0}, created="2026-11-29T10:00:00Z")
