@@ -1,6 +1,7 @@
 """LEAP on tiny random Llamas: the relaxed mask and its hand-written gradient, schedules, exact
-final sparsity, training beating its prior mask, bit-exact resume, the NaN guard, gradient
-checkpointing, distillation, refit, and the config. Training data are token ids made here."""
+final sparsity, training beating its prior mask, one mask per sequence, bit-exact resume, the NaN
+guard, gradient checkpointing, distillation, refit, N:M, and the config. Training data are token
+ids made here."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from harness.config import build_config
 from harness.errors import HarnessError
+from harness.methods.leap import relaxed_mask
 from harness.methods.leap.checkpoint import Checkpoint
 from harness.methods.leap.config import Budget
 from harness.methods.leap.relaxed_mask import (
     LOGIT_PARAM,
     LearnableMasks,
     hard_masks,
+    in_groups,
     init_logits,
     noise_seed,
     pack_mask,
@@ -93,6 +97,7 @@ def context(tmp_path: Path | None = None, seed: int = 0) -> PruneContext:
 
 
 SMALL = dict(prior="magnitude", steps=6, batch_size=2, seqlen=16, warmup_steps=1)
+MICRO_BATCHES = {**SMALL, "steps": 2, "grad_accum": 2, "batch_size": 3}  # steps of 2 micro-batches of 3 sequences
 
 
 def attach(model, seed: int = 0) -> tuple[dict, LearnableMasks]:
@@ -105,18 +110,20 @@ def attach(model, seed: int = 0) -> tuple[dict, LearnableMasks]:
     return linears, LearnableMasks(model, linears, logits)
 
 
-def reference_mask_terms(theta, weight, scale, tau, seed):
+def reference_mask_terms(theta, weight, scale, tau, seed, nm):
     """The same sample written with plain autograd ops (L = log u − log(1 − u))."""
     u = torch.rand(theta.shape, generator=torch.Generator().manual_seed(seed)).clamp(2.0**-24, 1 - 2.0**-24)
     mask = torch.sigmoid((scale * theta + torch.log(u) - torch.log1p(-u)) / tau)
     masked = weight * mask
-    return masked, mask.sum(), torch.linalg.vector_norm(masked)
+    deviation = (in_groups(mask, nm[1]).sum(-1) - nm[0]).abs().sum() if nm else torch.zeros(())
+    return masked, mask.sum(), torch.linalg.vector_norm(masked), deviation
 
 
 # --------------------------------------------------------------------------- the relaxed mask
 
 
-def test_fused_mask_matches_plain_autograd_values_and_gradients():
+@pytest.mark.parametrize("nm", [None, (2, 4), (1, 8)])
+def test_fused_mask_matches_plain_autograd_values_and_gradients(nm):
     g = torch.Generator().manual_seed(0)
     weight = torch.randn(24, 40, generator=g)
     upstream = torch.randn(24, 40, generator=g)
@@ -124,18 +131,18 @@ def test_fused_mask_matches_plain_autograd_values_and_gradients():
     for fused in (True, False):
         theta = (0.05 * torch.randn(24, 40, generator=torch.Generator().manual_seed(1))).requires_grad_()
         if fused:
-            masked, total, norm = sample_masked_weight(theta, weight, 60.0, 1.5, torch.Generator().manual_seed(7))
+            masked, total, norm, deviation = sample_masked_weight(theta, weight, 60.0, 1.5, torch.Generator().manual_seed(7), nm)
         else:
-            masked, total, norm = reference_mask_terms(theta, weight, 60.0, 1.5, 7)
-        ((masked * upstream).sum() + 0.3 * total - 2.0 * norm).backward()
-        grads.append((masked.detach(), total.detach(), norm.detach(), theta.grad))
+            masked, total, norm, deviation = reference_mask_terms(theta, weight, 60.0, 1.5, 7, nm)
+        ((masked * upstream).sum() + 0.3 * total - 2.0 * norm + 0.7 * deviation).backward()
+        grads.append((masked.detach(), total.detach(), norm.detach(), deviation.detach(), theta.grad))
     for fused_value, plain_value in zip(*grads):
         torch.testing.assert_close(fused_value, plain_value, rtol=1e-4, atol=1e-6)
 
 
 def test_mask_noise_is_logistic_so_keep_probability_is_sigmoid_of_scaled_logit():
     theta = torch.tensor([-0.02, 0.0, 0.01, 0.03]).repeat_interleave(50_000).view(4, -1)
-    mask, _, _ = sample_masked_weight(theta, torch.ones_like(theta), 25.0, 0.05, torch.Generator().manual_seed(3))
+    mask = sample_masked_weight(theta, torch.ones_like(theta), 25.0, 0.05, torch.Generator().manual_seed(3)).masked
     kept = (mask > 0.5).float().mean(dim=1)
     torch.testing.assert_close(kept, torch.sigmoid(25.0 * theta[:, 0]), atol=0.01, rtol=0)
 
@@ -145,7 +152,7 @@ def test_late_anneal_masks_hold_no_subnormal_numbers():
     subnormals it would put into W ⊙ m and its gradient slow CPU matmuls about 100×."""
     theta = torch.full((64, 512), -0.05).requires_grad_()
     weight = torch.full((64, 512), 0.05)
-    masked, _, norm = sample_masked_weight(theta, weight, 330.0, 0.177, torch.Generator().manual_seed(0))
+    masked, _, norm, _ = sample_masked_weight(theta, weight, 330.0, 0.177, torch.Generator().manual_seed(0))
     (masked.sum() + norm).backward()
     tiny = torch.finfo(torch.float32).tiny
     for values in (masked, theta.grad):
@@ -159,8 +166,8 @@ def test_gradients_reach_the_logits_and_not_the_weights(tiny_model):
     with masks.installed():
         masks.begin_forward((0, 0, 0), tau=2.0, scale=50.0)
         loss = tiny_model(input_ids=ids, labels=ids).loss
-        density, kept = masks.end_forward()
-        (loss + density - kept).backward()
+        stats = masks.end_forward()
+        (loss + stats.density - stats.kept).backward()
         assert [n for n, p in tiny_model.named_parameters() if p.requires_grad] == [f"{n}.{LOGIT_PARAM}" for n in linears]
     for name in linears:
         grad = masks.logits[name].grad
@@ -220,7 +227,7 @@ def test_prior_mask_bits_round_trip():
 @pytest.mark.parametrize("ratio", [0.3, 0.5, 0.6, 0.77])
 def test_hard_topk_mask_is_exact_even_with_ties(ratio):
     logits = {"a": torch.zeros(10, 7), "b": torch.randn(5, 9).round()}
-    keep = hard_masks(logits, ratio)
+    keep = hard_masks(logits, Sparsity(ratio))
     assert sum(int((~k).sum()) for k in keep.values()) == prune_count(115, ratio)
     threshold = hard_masks(logits, None)
     assert all(torch.equal(threshold[n], logits[n] > 0) for n in logits)
@@ -273,13 +280,20 @@ def test_prior_dense_weights_restored_and_logits_follow_the_prior():
     assert extra["prior"]["realized_sparsity"] == pytest.approx(0.5)
 
 
+def kept_per_group(model, m: int) -> dict[str, torch.Tensor]:
+    return {name: in_groups(linear.weight != 0, m).sum(-1) for name, linear in target_linears(model).items()}
+
+
 def _training_ce(model, windows: torch.Tensor) -> float:
     with torch.no_grad():
         return float(model(input_ids=windows, labels=windows).loss)
 
 
-def test_short_training_lowers_the_training_loss_below_its_prior_mask():
-    """Weights scaled ×5 so that the random model's predictions depend on which weights it keeps."""
+@pytest.mark.parametrize("pattern", ["0.5", "2:4"])
+def test_short_training_lowers_the_training_loss_below_its_prior_mask(pattern):
+    """Weights scaled ×5 so that the random model's predictions depend on which weights it keeps.
+    Under 2:4 the per-group relaxation learns too, and every group keeps exactly 2."""
+    sparsity = Sparsity.parse(pattern)
     models = {}
     for method in ("prior", "leap"):
         models[method] = tiny_llama()
@@ -288,49 +302,60 @@ def test_short_training_lowers_the_training_loss_below_its_prior_mask():
                 linear.weight.mul_(5)
     leap = MarkovLEAP(prior="magnitude", steps=30, batch_size=4, seqlen=32, warmup_steps=3, lr=1e-2)
     data = leap.training_windows(context(), Budget(30, 4, 1, 32))(0, 120)
-    MagnitudePruner().run(models["prior"], Sparsity(0.5), context())
-    result = leap.run(models["leap"], Sparsity(0.5), context())
+    MagnitudePruner().run(models["prior"], sparsity, context())
+    result = leap.run(models["leap"], sparsity, context())
     assert result.realized_sparsity == pytest.approx(0.5, abs=1e-6)
+    if sparsity.is_nm:
+        assert all((kept == 2).all() for kept in kept_per_group(models["leap"], 4).values())
     assert result.stats["mask_changed"] > 0.05
     assert _training_ce(models["leap"], data) < _training_ce(models["prior"], data) - 0.5
 
 
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("pattern", ["0.5", "2:4"])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, pattern):
+    sparsity = Sparsity.parse(pattern)
     uninterrupted = tiny_llama()
-    MarkovLEAP(**SMALL, checkpoint_every=2).run(uninterrupted, Sparsity(0.5), context(tmp_path / "a"))
+    MarkovLEAP(**SMALL, checkpoint_every=2).run(uninterrupted, sparsity, context(tmp_path / "a"))
     assert not (tmp_path / "a" / CHECKPOINT_FILE).exists()
 
     with pytest.raises(Interrupted):
-        InterruptedLEAP(**SMALL, checkpoint_every=2).run(tiny_llama(), Sparsity(0.5), context(tmp_path / "b"))
+        InterruptedLEAP(**SMALL, checkpoint_every=2).run(tiny_llama(), sparsity, context(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)["step"] == 4
     model = tiny_llama()
-    result = MarkovLEAP(**SMALL, checkpoint_every=2).run(model, Sparsity(0.5), context(tmp_path / "b"))
+    result = MarkovLEAP(**SMALL, checkpoint_every=2).run(model, sparsity, context(tmp_path / "b"))
     assert result.stats["resumed_from_step"] == 4
     assert result.stats["prior_realized_sparsity"] == pytest.approx(0.5)
     for a, b in zip(target_linears(uninterrupted).values(), target_linears(model).values()):
         assert torch.equal(a.weight, b.weight)
 
 
-def test_resumed_training_gives_the_same_logits(tmp_path):
-    config = LEAPConfig(**SMALL, checkpoint_every=3).resolve(torch.device("cpu"))
+def train_logits(config, windows, init_seed=0, seed=0, path=None, resume=None):
+    """`train_masks` of a fresh tiny Llama with `attach`ed logits: (trained logits, curve)."""
+    model = tiny_llama()
+    _, masks = attach(model, init_seed)
+    with masks.installed():
+        outcome = train_masks(model, masks, windows, config, 0.5, seed, path, resume, {"run": 1}, progress=False)
+    return masks.logits, outcome.curve
+
+
+def tensor_windows(config) -> tuple[torch.Tensor, object]:
+    """The budget's Markov windows and a window source over them."""
     budget = Budget.of(config)
     data = markov_windows(budget.sequences, budget.seqlen)
-    source = lambda start, count: data[start : start + count]  # noqa: E731
+    return data, lambda start, count: data[start : start + count]
+
+
+@pytest.mark.parametrize("sampling", ["sequence", "micro-batch"])
+def test_resumed_training_gives_the_same_logits(tmp_path, sampling):
+    config = LEAPConfig(**SMALL, checkpoint_every=3, sampling=sampling).resolve(torch.device("cpu"))
+    _, source = tensor_windows(config)
     path = tmp_path / "ckpt.pt"
-
-    def train(seed, windows, resume=None):
-        model = tiny_llama()
-        _, masks = attach(model, seed)
-        with masks.installed():
-            outcome = train_masks(model, masks, windows, config, 0.5, 0, path, resume, {"run": 1}, progress=False)
-        return masks.logits, outcome.curve
-
-    logits_a, curve_a = train(0, source)
+    logits_a, curve_a = train_logits(config, source, path=path)
     with pytest.raises(Interrupted):
-        train(0, interrupted(source, stop=4 * 2))
+        train_logits(config, interrupted(source, stop=4 * 2), path=path)
     resume = Checkpoint.load(path, {"run": 1})
     assert resume.step == 3
-    logits_b, curve_b = train(5, source, resume)  # other initial logits: all state must come from the checkpoint
+    logits_b, curve_b = train_logits(config, source, init_seed=5, path=path, resume=resume)  # all state from the checkpoint
     assert [drop_time(p) for p in curve_a] == [drop_time(p) for p in curve_b]
     assert all(torch.equal(logits_a[n], logits_b[n]) for n in logits_a)
 
@@ -367,8 +392,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         with masks.installed():
             masks.begin_forward((0, 1, 0), tau=3.0, scale=40.0)
             loss = model(input_ids=ids, labels=ids).loss
-            density, kept = masks.end_forward()
-            (loss + 7 * density - kept).backward()
+            stats = masks.end_forward()
+            (loss + 7 * stats.density - stats.kept).backward()
             assert len(masks.state.mask_sums) == len(masks.linears)
         grads.append([t.grad for t in masks.logits.values()])
     for a, b in zip(*grads):
@@ -407,13 +432,160 @@ def test_refit_keeps_the_mask_and_reduces_output_error():
     assert error[True] < error[False]
 
 
+# --------------------------------------------------------------------------- one mask sample per sequence
+
+
+def record_forwards(monkeypatch, model) -> tuple[list[torch.Tensor], list[int]]:
+    """Filled during training: the masked weight of the first targeted linear at every forward,
+    and the number of sequences in every forward of the model."""
+    first = next(iter(target_linears(model).values())).weight
+    masked, rows = [], []
+    sample = relaxed_mask.sample_masked_weight
+
+    def recording(logits, weight, *args):
+        result = sample(logits, weight, *args)
+        if weight is first:
+            masked.append(result.masked.detach().clone())
+        return result
+
+    monkeypatch.setattr(relaxed_mask, "sample_masked_weight", recording)
+    model.register_forward_pre_hook(lambda module, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    return masked, rows
+
+
+def sampled_masks(monkeypatch, config, source, seed: int) -> tuple[list[torch.Tensor], list[int]]:
+    model = tiny_llama()
+    _, masks = attach(model)
+    recorded = record_forwards(monkeypatch, model)
+    with masks.installed():
+        train_masks(model, masks, source, config, 0.5, seed, progress=False)
+    return recorded
+
+
+@pytest.mark.parametrize("sampling,rows", [("sequence", 1), ("micro-batch", 3)])
+def test_each_sequence_gets_its_own_mask_unless_sampling_per_micro_batch(monkeypatch, sampling, rows):
+    config = LEAPConfig(**MICRO_BATCHES, sampling=sampling).resolve(torch.device("cpu"))
+    _, source = tensor_windows(config)
+    masked, forward_rows = sampled_masks(monkeypatch, config, source, seed=0)
+    assert forward_rows == [rows] * (2 * 2 * 3 // rows)  # a forward per sequence, or one per micro-batch
+    assert len(masked) == len(forward_rows)  # so the sequences of a forward share its one mask
+    assert all(not torch.equal(a, b) for i, a in enumerate(masked) for b in masked[i + 1 :])
+    again, _ = sampled_masks(monkeypatch, config, source, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(masked, again, strict=True))
+    other_seed, _ = sampled_masks(monkeypatch, config, source, seed=1)
+    assert not any(torch.equal(a, b) for a, b in zip(masked, other_seed, strict=True))
+
+
+def first_step_gradients(config, source) -> tuple[list[torch.Tensor], float]:
+    """The accumulated gradient of the logits at the first optimizer step of `train_masks`, and
+    the step's logged loss."""
+    grads = []
+
+    def capture(optimizer, args, kwargs):
+        if not grads:
+            grads.extend(p.grad.clone() for group in optimizer.param_groups for p in group["params"])
+
+    handle = register_optimizer_step_pre_hook(capture)
+    try:
+        _, curve = train_logits(config, source)
+    finally:
+        handle.remove()
+    return grads, curve[0]["loss"]
+
+
+@pytest.mark.parametrize("sampling", ["sequence", "micro-batch"])
+def test_step_loss_and_gradient_are_the_mean_over_sequences(sampling):
+    """Each sequence's loss under the mask it saw (its own, or its micro-batch's), averaged over
+    the step's sequences: CE + λ_s·|density − target| − λ_w·kept at step 0."""
+    config = LEAPConfig(**MICRO_BATCHES, max_grad_norm=0.0, sampling=sampling).resolve(torch.device("cpu"))
+    data, source = tensor_windows(config)
+    grads, logged_loss = first_step_gradients(config, source)
+
+    model = tiny_llama()
+    _, masks = attach(model)
+    model.train()
+    losses = []
+    with masks.installed():
+        for sequence in range(6):
+            masks.begin_forward((0, 0, sequence if sampling == "sequence" else sequence // 3), config.tau_start, config.scale_start)
+            ids = data[sequence : sequence + 1]
+            ce = model(input_ids=ids, labels=ids).loss
+            stats = masks.end_forward()
+            loss = ce + config.sparse_reg * (stats.density - 0.5).abs() - config.weight_reg * stats.kept
+            (loss / 6).backward()
+            losses.append(loss.item())
+    assert logged_loss == pytest.approx(sum(losses) / 6, abs=1e-5)
+    for grad, theta in zip(grads, masks.logits.values(), strict=True):
+        torch.testing.assert_close(grad, theta.grad, rtol=1e-4, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- N:M
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "1:4", "4:8"])
+def test_nm_mask_keeps_exactly_n_in_every_group_of_every_matrix(pattern):
+    sparsity = Sparsity.parse(pattern)
+    model = tiny_llama()
+    result = MarkovLEAP(**SMALL).run(model, sparsity, context())
+    for name, kept in kept_per_group(model, sparsity.m).items():
+        assert (kept == sparsity.n).all(), name
+    assert result.realized_sparsity == sparsity.ratio
+    assert all(0 <= point["group_gap"] < 1 for point in result.stats["train_curve"])
+
+
+def test_nm_masks_are_deterministic_per_seed():
+    masks = []
+    for seed in (0, 0, 1):
+        model = tiny_llama()
+        MarkovLEAP(**SMALL).run(model, Sparsity.parse("2:4"), context(seed=seed))
+        masks.append([linear.weight != 0 for linear in target_linears(model).values()])
+    assert all(torch.equal(a, b) for a, b in zip(masks[0], masks[1]))
+    assert not all(torch.equal(a, c) for a, c in zip(masks[0], masks[2]))
+
+
+def test_nm_logits_start_from_the_wanda_nm_mask():
+    model = tiny_llama()
+    linears = target_linears(model)
+    logits, extra = LEAPPruner(**{**SMALL, "prior": "wanda"})._logits_from_prior(model, linears, Sparsity.parse("2:4"), context())
+    for name, linear in linears.items():
+        prior = unpack_mask(extra["prior_bits"][name], linear.weight)
+        assert (in_groups(prior, 4).sum(-1) == 2).all(), name
+        assert (logits[name] > 0).eq(prior).float().mean() > 0.99
+
+
+def test_hard_nm_mask_keeps_the_largest_logits_of_every_group():
+    theta = torch.randn(6, 16, generator=torch.Generator().manual_seed(0))
+    keep = in_groups(hard_masks({"a": theta}, Sparsity.parse("2:4"))["a"], 4)
+    groups = in_groups(theta, 4)
+    assert (keep.sum(-1) == 2).all()
+    assert (groups.masked_fill(~keep, math.inf).amin(-1) > groups.masked_fill(keep, -math.inf).amax(-1)).all()
+
+
+def test_nm_is_refused_only_where_leap_cannot_give_it():
+    nm = Sparsity.parse("2:4")
+    LEAPPruner().check_sparsity(nm)
+    LEAPPruner(final_mask="threshold").check_sparsity(Sparsity(0.5))
+    with pytest.raises(HarnessError, match="use leap.final_mask=topk"):
+        LEAPPruner(final_mask="threshold").check_sparsity(nm)
+    with pytest.raises(HarnessError, match="leap.prior=dsnot does not support N:M"):
+        LEAPPruner(prior="dsnot").check_sparsity(nm)
+
+
+def test_nm_needs_input_sizes_divisible_by_m(tiny_model):
+    linears, masks = attach(tiny_model)
+    logits = {name: theta.detach() for name, theta in masks.logits.items()}
+    with pytest.raises(HarnessError, match="divisible by 3"):
+        LearnableMasks(tiny_model, linears, logits, nm=(2, 3))
+
+
 # --------------------------------------------------------------------------- config, budget, data
 
 
 def test_config_from_the_command_line():
-    config = build_config(LEAPConfig, {"steps": "10", "seqlen": "none", "autocast_bf16": "true", "final_mask": "threshold", "prior": "magnitude"}, "leap")
-    assert (config.steps, config.seqlen, config.autocast_bf16, config.final_mask) == (10, None, True, "threshold")
-    for bad in ({"steps": "0"}, {"tau_end": "0"}, {"beta2": "1"}, {"prior": "leap"}, {"final_mask": "top"}):
+    config = build_config(LEAPConfig, {"steps": "10", "seqlen": "none", "autocast_bf16": "true", "final_mask": "threshold", "prior": "magnitude", "sampling": "micro-batch"}, "leap")
+    assert (config.steps, config.seqlen, config.autocast_bf16, config.final_mask, config.sampling) == (10, None, True, "threshold", "micro-batch")
+    assert LEAPConfig().sampling == "sequence"
+    for bad in ({"steps": "0"}, {"tau_end": "0"}, {"beta2": "1"}, {"prior": "leap"}, {"final_mask": "top"}, {"sampling": "batch"}):
         with pytest.raises(HarnessError):
             build_config(LEAPConfig, bad, "leap")
     with pytest.raises(HarnessError, match="unknown method"):

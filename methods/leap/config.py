@@ -25,6 +25,9 @@ class MaskTrainingConfig(PrunerConfig):
     batch_size: int | None = None  # sequences per micro-batch
     grad_accum: int | None = None  # micro-batches per optimizer step
     seqlen: int | None = None  # tokens per training sequence
+    # One relaxed mask per sequence (the reference's local batch of 1; each sequence its own
+    # forward) or one per micro-batch (one forward of batch_size sequences): training.py.
+    sampling: Literal["sequence", "micro-batch"] = "sequence"
     lr: float = 1e-3
     warmup_steps: int = 5
     beta2: float = 0.95

@@ -1,5 +1,5 @@
 """LEAP (Mozaffari et al. 2026): learn one global unstructured mask on the frozen dense weights,
-warm-started from a one-shot prior, as coded in Paramathic/patch (leap branch).
+warm-started from a one-shot prior, as coded in Paramathic/patch (leap branch); or an N:M mask.
 
 Steps. (1) The prior pruner (Wanda by default; any registered method) prunes the dense model at
 the target sparsity; its keep-mask is read from the zeros it left and the dense weights are put
@@ -11,6 +11,13 @@ exact global top-k of θ at the target sparsity (`final_mask=topk`, so every met
 the same sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported),
 and W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept
 weights are then re-fitted layer by layer by ADMM's least-squares update with LEAP's mask fixed.
+
+A layer-wise profile (`--profile owl`) sets the prior's per-matrix targets; training and the
+final top-k stay global, so LEAP may move sparsity between layers from there.
+
+N:M (not in the paper): the prior prunes N:M, training holds every group of M consecutive inputs
+to N kept weights (a per-group density penalty), and the hard mask is the top-N θ of every group
+(docs/leap.md, N:M).
 
 Resuming. With a work folder, the logits, optimizer moments, curve and the prior's bits are
 checkpointed every `checkpoint_every` steps to `leap_ckpt.pt`; a re-run of the same cell skips
@@ -49,6 +56,8 @@ class LEAPPruner(Pruner):
 
     name = "leap"
     Config = LEAPConfig
+    supports_nm = True
+    honours_profile = True  # through its prior: a profile shapes the prior's mask, not LEAP's global top-k
     report_rank = 50
     cost_stats = (("Tokens trained (M)", "tokens_trained", 1e-6),)
 
@@ -61,6 +70,20 @@ class LEAPPruner(Pruner):
 
     def exact_sparsity(self) -> bool:
         return self.config.final_mask == "topk"
+
+    def check_sparsity(self, sparsity: Sparsity) -> None:
+        """N:M needs the top-k final mask (θ > 0 has no group structure) and an N:M prior."""
+        super().check_sparsity(sparsity)
+        if not sparsity.is_nm:
+            return
+        if self.config.final_mask != "topk":
+            raise HarnessError(f"leap.final_mask={self.config.final_mask} cannot give N:M sparsity ({sparsity}); use leap.final_mask=topk")
+        if not get_pruner(self.config.prior).supports_nm:
+            raise HarnessError(f"leap.prior={self.config.prior} does not support N:M sparsity ({sparsity}); use leap.prior=wanda")
+
+    def check_profile(self, profile: str) -> None:
+        """A layer-wise profile reaches LEAP through its prior, so the prior must follow it."""
+        get_pruner(self.config.prior)().check_profile(profile)
 
     @classmethod
     def data_files(cls, config: LEAPConfig) -> list[str]:
@@ -114,7 +137,7 @@ class LEAPPruner(Pruner):
             logits = {name: torch.empty(linear.weight.shape, dtype=torch.float32, device=device) for name, linear in linears.items()}
             extra = resume.extra
 
-        masks = LearnableMasks(model, linears, logits)
+        masks = LearnableMasks(model, linears, logits, nm=(sparsity.n, sparsity.m) if sparsity.is_nm else None)
         del logits
         with masks.installed():
             outcome = train_masks(
@@ -131,7 +154,7 @@ class LEAPPruner(Pruner):
                 progress=ctx.progress,
             )
         del resume
-        keep = hard_masks(masks.logits, sparsity.ratio if cfg.final_mask == "topk" else None)
+        keep = hard_masks(masks.logits, sparsity if cfg.final_mask == "topk" else None)
         del masks
         stats: dict[str, Any] = {
             "prior": cfg.prior,

@@ -13,14 +13,24 @@ function for the mask, the masked weight and the two regularizer statistics (Σm
 a hand-written backward, because on CPU the step time of mask learning is mostly elementwise passes
 over the weights, and fusing them keeps LEAP close to the cost of a dense fine-tuning step.
 
-Noise. Each linear draws its noise from a generator reseeded with (seed, step, micro-batch, layer
-index). The noise is therefore a pure function of the position in training: a resumed run sees
-the same masks as an uninterrupted one without saving RNG states, and gradient checkpointing,
-which re-runs a layer's forward during backward, recomputes the very same mask.
+Noise. Each linear draws its noise from a generator reseeded with (seed, step, sample index,
+layer index), where the sample index counts the forwards of a step that get their own mask: each
+sequence by default, or each micro-batch (`sampling`, training.py). The noise is therefore a pure
+function of the position in training: a resumed run sees the same masks as an uninterrupted one
+without saving RNG states, and gradient checkpointing, which re-runs a layer's forward during
+backward, recomputes the very same mask.
+
+N:M. Under an N:M target the logits, the sample and the fused function stay per weight; the
+function also returns Σ_g |Σ_{j∈g} m_j − N| over the groups g of M consecutive inputs of each
+row, so training can hold every group to N kept weights (training.py), and the hard mask keeps
+the N largest θ of every group (`hard_masks`, through `harness.masks.nm_mask`; ties, which
+continuous logits practically never have, go as torch.topk breaks them). The design, and why not
+MaskLLM's categorical over the C(M, N) patterns of a group, is in docs/leap.md (N:M).
 
 Memory. Persistent: θ plus AdamW's two moments (three float32 copies of the targeted weights).
-Per step: the gradient of θ and, per linear, the sampled mask and masked weight kept for backward;
-gradient checkpointing bounds the latter to one decoder layer at a time."""
+Per step: the gradient of θ and, per linear, the sampled mask and masked weight kept for backward
+(under N:M also a sign per group, 1/M of the weights); gradient checkpointing bounds these to one
+decoder layer at a time."""
 
 from __future__ import annotations
 
@@ -28,6 +38,7 @@ import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.errors import HarnessError
-from harness.masks import global_lowest_masks
+from harness.masks import global_lowest_masks, nm_mask
+from harness.sparsity import Sparsity
 
 LOGIT_PARAM = "mask_logits"
 _UNIFORM_EPS = 2.0**-24  # u is clamped to [eps, 1 − eps]: the logistic noise stays within ±16.6
@@ -48,43 +60,79 @@ _UNIFORM_EPS = 2.0**-24  # u is clamped to [eps, 1 − eps]: the logistic noise 
 _MASK_FLOOR = 2.0**-64
 
 
-class _RelaxedMaskedWeight(torch.autograd.Function):
-    """(W ⊙ m, Σm, ‖W⊙m‖_F) with m = σ((s·θ + L)/τ); the gradient flows to θ only.
+class MaskSample(NamedTuple):
+    """One relaxed-Bernoulli sample of a linear's mask and the statistics its regularizers need."""
 
-    The backward is three passes over the weights: with g the gradient of W⊙m, k = s/τ and c the
-    gradient of the norm divided by the norm, ∂/∂θ = k·(∂Σm + W⊙g + c·W⊙(W⊙m))·m(1 − m)."""
+    masked: torch.Tensor  # W ⊙ m, in W's dtype
+    mask_sum: torch.Tensor  # Σm
+    kept_norm: torch.Tensor  # ‖W⊙m‖_F
+    group_deviation: torch.Tensor  # Σ_g |Σ_{j∈g} m_j − N| under N:M; 0 otherwise
+
+
+def in_groups(tensor: torch.Tensor, m: int) -> torch.Tensor:
+    """[rows, cols] as [rows, cols/m, m]: the N:M groups of consecutive inputs (a view)."""
+    return tensor.unflatten(-1, (-1, m))
+
+
+class _RelaxedMaskedWeight(torch.autograd.Function):
+    """`MaskSample` with m = σ((s·θ + L)/τ); the gradient flows to θ only.
+
+    The backward is three passes over the weights: with g the gradient of W⊙m, k = s/τ, c the
+    gradient of the norm divided by the norm and e_g = sign(Σ_{j∈g} m_j − N) under N:M,
+    ∂/∂θ = k·(∂Σm + ∂dev·e_g + W⊙g + c·W⊙(W⊙m))·m(1 − m)."""
 
     @staticmethod
-    def forward(ctx, logits, weight, scale, tau, generator):  # noqa: D102 (autograd signature)
+    def forward(ctx, logits, weight, scale, tau, generator, nm):  # noqa: D102 (autograd signature)
         mask = torch.rand(logits.shape, generator=generator, dtype=torch.float32, device=logits.device)
         mask.logit_(eps=_UNIFORM_EPS).add_(logits, alpha=scale).div_(tau).sigmoid_()
         mask.masked_fill_(mask < _MASK_FLOOR, 0.0)  # no subnormals downstream (see _MASK_FLOOR)
         masked = weight * mask  # float32 (type promotion) even for a bf16 weight
         norm = torch.linalg.vector_norm(masked)
         masked = masked.to(weight.dtype)  # the tensor F.linear saves anyway: saving it here is free
-        ctx.save_for_backward(weight, mask, masked, norm)
+        if nm is None:
+            total, deviation, signs = mask.sum(), mask.new_zeros(()), None
+        else:
+            n, m = nm
+            group_sums = in_groups(mask, m).sum(-1)  # [rows, cols/m]
+            total = group_sums.sum()
+            excess = group_sums.sub_(n)  # soft kept count minus N, per group
+            deviation = excess.abs().sum()
+            signs = excess.sign_()
+        ctx.save_for_backward(weight, mask, masked, norm, signs)
         ctx.factor = scale / tau
+        ctx.group = None if nm is None else nm[1]
         ctx.set_materialize_grads(False)
-        return masked, mask.sum(), norm
+        return masked, total, norm, deviation
 
     @staticmethod
-    def backward(ctx, grad_masked, grad_sum, grad_norm):  # noqa: D102
-        weight, mask, masked, norm = ctx.saved_tensors
+    def backward(ctx, grad_masked, grad_sum, grad_norm, grad_deviation):  # noqa: D102
+        weight, mask, masked, norm, signs = ctx.saved_tensors
         factor = ctx.factor
+        shape = mask.shape
         base = (grad_sum if grad_sum is not None else mask.new_zeros(())).float() * factor
         if grad_masked is None:
             grad_masked = torch.zeros_like(mask)
+        if signs is not None:  # N:M: the per-group term is constant within a group
+            if grad_deviation is not None:
+                base = signs.mul(grad_deviation.float() * factor).add_(base).unsqueeze(-1)
+            weight, mask, masked, grad_masked = (in_groups(t, ctx.group) for t in (weight, mask, masked, grad_masked))
         grad = torch.addcmul(base, grad_masked.float(), weight, value=factor)
         if grad_norm is not None and norm > 0:
             grad.addcmul_(masked, weight, value=factor * float(grad_norm / norm))
-        return torch.ops.aten.sigmoid_backward(grad, mask), None, None, None, None  # ⊙ m(1 − m)
+        grad = torch.ops.aten.sigmoid_backward(grad, mask)  # ⊙ m(1 − m)
+        return grad.reshape(shape), None, None, None, None, None
 
 
 def sample_masked_weight(
-    logits: torch.Tensor, weight: torch.Tensor, scale: float, tau: float, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One relaxed-Bernoulli sample: (W ⊙ m in W's dtype, Σm, ‖W⊙m‖_F), differentiable in θ."""
-    return _RelaxedMaskedWeight.apply(logits, weight, scale, tau, generator)
+    logits: torch.Tensor,
+    weight: torch.Tensor,
+    scale: float,
+    tau: float,
+    generator: torch.Generator,
+    nm: tuple[int, int] | None = None,
+) -> MaskSample:
+    """One relaxed-Bernoulli sample, differentiable in θ; `nm` = (N, M) adds the group deviation."""
+    return MaskSample(*_RelaxedMaskedWeight.apply(logits, weight, scale, tau, generator, nm))
 
 
 def noise_seed(*entropy: int) -> int:
@@ -95,16 +143,19 @@ def noise_seed(*entropy: int) -> int:
 @dataclass
 class SamplingState:
     """What the masked forwards of one model share: the current τ and s, where in training the
-    noise comes from, whether to bypass the masks (dense teacher), and the statistics the
-    regularizers need, recorded only while `recording` (not when a checkpointed layer re-runs)."""
+    noise comes from, the N:M pattern if any, whether to bypass the masks (dense teacher), and the
+    statistics the regularizers need, recorded only while `recording` (not when a checkpointed
+    layer re-runs)."""
 
     tau: float = 1.0
     scale: float = 1.0
     entropy: tuple[int, ...] = (0,)
+    nm: tuple[int, int] | None = None
     dense: bool = False
     recording: bool = False
     mask_sums: list[torch.Tensor] = field(default_factory=list)
     kept_norms: list[torch.Tensor] = field(default_factory=list)
+    group_deviations: list[torch.Tensor] = field(default_factory=list)
     _generators: dict[torch.device, torch.Generator] = field(default_factory=dict)
 
     def generator(self, index: int, device: torch.device) -> torch.Generator:
@@ -118,27 +169,39 @@ def _masked_forward(linear: nn.Linear, state: SamplingState, index: int, x: torc
     if state.dense:
         return F.linear(x, linear.weight, linear.bias)
     logits = getattr(linear, LOGIT_PARAM)
-    weight, mask_sum, kept_norm = sample_masked_weight(
-        logits, linear.weight, state.scale, state.tau, state.generator(index, logits.device)
-    )
+    sample = sample_masked_weight(logits, linear.weight, state.scale, state.tau, state.generator(index, logits.device), state.nm)
     if state.recording:
-        state.mask_sums.append(mask_sum)
-        state.kept_norms.append(kept_norm)
-    return F.linear(x, weight, linear.bias)
+        state.mask_sums.append(sample.mask_sum)
+        state.kept_norms.append(sample.kept_norm)
+        state.group_deviations.append(sample.group_deviation)
+    return F.linear(x, sample.masked, linear.bias)
+
+
+@dataclass
+class ForwardStats:
+    """The regularizers' inputs from one masked forward, over all targeted weights."""
+
+    density: torch.Tensor  # soft density Σm/N
+    kept: torch.Tensor  # kept-weight ratio Σ‖W⊙m‖/Σ‖W‖
+    group_gap: torch.Tensor | None  # N:M only: mean over groups of |Σ_g m/M − N/M|
 
 
 class LearnableMasks:
     """Logits attached to the frozen linears of a model: `install` freezes every parameter of the
     model and makes the linears sample a relaxed mask; `remove` restores plain linears and the
-    parameters' `requires_grad` flags. One instance per model."""
+    parameters' `requires_grad` flags. One instance per model; `nm` = (N, M) for an N:M target."""
 
-    def __init__(self, model: nn.Module, linears: dict[str, nn.Linear], logits: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, model: nn.Module, linears: dict[str, nn.Linear], logits: dict[str, torch.Tensor], nm: tuple[int, int] | None = None
+    ) -> None:
         if linears.keys() != logits.keys():
             raise ValueError("logits must be given for exactly the targeted linears")
+        if nm is not None:
+            _check_groups(linears, *nm)
         self.model = model
         self.linears = linears
         self.logits = {name: nn.Parameter(logits[name], requires_grad=True) for name in linears}
-        self.state = SamplingState()
+        self.state = SamplingState(nm=nm)
         self.numel = sum(t.numel() for t in self.logits.values())
         with torch.no_grad():
             self.weight_norm = float(sum(torch.linalg.vector_norm(lin.weight.float()) for lin in linears.values()))
@@ -177,10 +240,11 @@ class LearnableMasks:
         state.entropy, state.tau, state.scale = entropy, tau, scale
         state.mask_sums.clear()
         state.kept_norms.clear()
+        state.group_deviations.clear()
         state.recording = True
 
-    def end_forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global soft density Σm/N and kept-weight ratio Σ‖W⊙m‖/Σ‖W‖ of the forward just run."""
+    def end_forward(self) -> ForwardStats:
+        """The regularizers' inputs of the forward just run (group gap only under N:M)."""
         state = self.state
         state.recording = False
         if len(state.mask_sums) != len(self.linears):
@@ -190,7 +254,8 @@ class LearnableMasks:
             )
         density = torch.stack(state.mask_sums).sum() / self.numel
         kept = torch.stack(state.kept_norms).sum() / self.weight_norm
-        return density, kept
+        group_gap = torch.stack(state.group_deviations).sum() / self.numel if state.nm is not None else None
+        return ForwardStats(density, kept, group_gap)
 
     @contextmanager
     def dense(self) -> Iterator[None]:
@@ -200,6 +265,12 @@ class LearnableMasks:
             yield
         finally:
             self.state.dense = False
+
+
+def _check_groups(linears: dict[str, nn.Linear], n: int, m: int) -> None:
+    for name, linear in linears.items():
+        if linear.in_features % m:
+            raise HarnessError(f"{n}:{m} sparsity needs input sizes divisible by {m}, but {name} has {linear.in_features}; leave it out of --targets")
 
 
 # --------------------------------------------------------------------------- initialization and hard masks
@@ -216,13 +287,15 @@ def init_logits(
     return out
 
 
-def hard_masks(logits: dict[str, torch.Tensor], sparsity: float | None) -> dict[str, torch.Tensor]:
-    """Boolean keep-masks from the logits: an exact global top-k at `sparsity` (found matrix by
-    matrix, with memory bounded by the largest matrix), or θ > 0 (the reference's threshold)
-    when `sparsity` is None."""
+def hard_masks(logits: dict[str, torch.Tensor], sparsity: Sparsity | None) -> dict[str, torch.Tensor]:
+    """Boolean keep-masks from the logits: for N:M the N largest θ of every group of M inputs of
+    each row; else an exact global top-k at the ratio (found matrix by matrix, with memory bounded
+    by the largest matrix); or θ > 0 (the reference's threshold) when `sparsity` is None."""
     if sparsity is None:
         return {name: theta.detach() > 0 for name, theta in logits.items()}
-    return global_lowest_masks(logits, sparsity)
+    if sparsity.is_nm:
+        return {name: nm_mask(theta.detach(), sparsity.n, sparsity.m) for name, theta in logits.items()}
+    return global_lowest_masks(logits, sparsity.ratio)
 
 
 def pack_mask(keep: torch.Tensor) -> np.ndarray:

@@ -1,7 +1,20 @@
 """LEAP's training loop: AdamW on the mask logits of a frozen model, one loop read top to bottom.
 
-Loss per micro-batch, divided by grad_accum (the reference's MaskTrainer):
-    CE + λ_s·|density − target| − λ_w·(1 − t/T)·Σ‖W⊙m‖/Σ‖W‖ (+ distill·KL)."""
+Mask samples. With `sampling=sequence` (default) every sequence gets its own mask, as in the
+reference (local batch 1): a micro-batch of B sequences runs as B forwards of one sequence, each
+with its own noise and its own backward (gradient accumulation). A batched forward with one
+masked weight per sequence would hold B masks and B masked copies of every targeted weight for
+backward; the split forwards hold one of each at a time, as one mask per micro-batch does, and
+one sequence's activations instead of B. Either way B independent samples cost B times the mask
+math (sampling and the three-pass backward over every targeted weight) of one shared mask; the
+split forwards give up only the larger matmuls of a batched forward. `sampling=micro-batch`
+draws one mask per micro-batch, in one forward. `benchmarks/leap_step.py` measures both.
+
+Loss per forward, divided by the number of forwards per step (the reference's MaskTrainer):
+    CE + λ_s·gap − λ_w·(1 − t/T)·Σ‖W⊙m‖/Σ‖W‖ (+ distill·KL),
+gap = |density − target| over all targeted weights, or under N:M the mean over the groups of M
+of |group density − N/M|. Sequences have equal length, so under either sampling the step's loss
+is the mean over its sequences of each one's loss under the mask it saw (CE is a token mean)."""
 
 from __future__ import annotations
 
@@ -21,7 +34,7 @@ from tqdm.auto import tqdm
 from harness.errors import HarnessError
 from harness.methods.leap.checkpoint import Checkpoint
 from harness.methods.leap.config import Budget, MaskTrainingConfig
-from harness.methods.leap.relaxed_mask import LearnableMasks
+from harness.methods.leap.relaxed_mask import ForwardStats, LearnableMasks
 from harness.methods.leap.schedules import Schedule
 from harness.methods.leap.windows import WindowSource
 
@@ -89,16 +102,32 @@ def _distillation_loss(model: nn.Module, masks: LearnableMasks, batch: torch.Ten
     )
 
 
-def _micro_batch_loss(
+def mask_samples(micro: int, batch_size: int, sampling: str) -> list[tuple[int, slice]]:
+    """The forwards of micro-batch `micro`, one per mask sample: (the sample's noise index within
+    the step, its rows of the micro-batch). "sequence": one per sequence, indexed by the
+    sequence's position in the step; "micro-batch": one for all rows, indexed by the micro-batch."""
+    if sampling == "micro-batch":
+        return [(micro, slice(0, batch_size))]
+    return [(micro * batch_size + row, slice(row, row + 1)) for row in range(batch_size)]
+
+
+def sparsity_gap(stats: ForwardStats, target_density: float) -> torch.Tensor:
+    """What λ_s multiplies: the per-group gap under N:M, else |global soft density − target|."""
+    return stats.group_gap if stats.group_gap is not None else (stats.density - target_density).abs()
+
+
+def _forward_loss(
     model: nn.Module, masks: LearnableMasks, batch: torch.Tensor, config: MaskTrainingConfig, target_density: float, bonus: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One micro-batch's loss (before the division by grad_accum) and its logged parts."""
+    """The loss of one masked forward (before the division by the forwards per step) and its logged parts."""
     device = batch.device
     with _autocast(device, config.autocast_bf16):
         out = model(input_ids=batch, labels=batch)
-    density, kept = masks.end_forward()
-    loss = out.loss.float() + config.sparse_reg * (density - target_density).abs() - bonus * kept
-    parts = {"ce": out.loss.item(), "density": density.item(), "kept": kept.item()}
+    stats = masks.end_forward()
+    loss = out.loss.float() + config.sparse_reg * sparsity_gap(stats, target_density) - bonus * stats.kept
+    parts = {"ce": out.loss.item(), "density": stats.density.item(), "kept": stats.kept.item()}
+    if stats.group_gap is not None:
+        parts["group_gap"] = stats.group_gap.item()
     if config.distill > 0:
         with _autocast(device, config.autocast_bf16):
             kl = _distillation_loss(model, masks, batch, out.logits)
@@ -155,26 +184,29 @@ def train_masks(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             bonus = config.weight_reg * schedule.weight_reg_factor(step)
-            totals = dict.fromkeys(("loss", "ce", "kl", "density", "kept"), 0.0)
+            totals: dict[str, float] = {}
             for micro in range(budget.grad_accum):
                 batch = windows((step * budget.grad_accum + micro) * budget.batch_size, budget.batch_size).to(device)
-                masks.begin_forward((seed, step, micro), tau, scale)
-                loss, parts = _micro_batch_loss(model, masks, batch, config, target_density, bonus)
-                if not torch.isfinite(loss):
-                    raise HarnessError(
-                        f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
-                        "check the model's weights for NaN/inf or lower leap.lr"
-                    )
-                (loss / budget.grad_accum).backward()
-                for key, value in {"loss": loss.item(), **parts}.items():
-                    totals[key] += value / budget.grad_accum
-                del loss
+                samples = mask_samples(micro, budget.batch_size, config.sampling)
+                forwards = budget.grad_accum * len(samples)
+                for index, rows in samples:
+                    masks.begin_forward((seed, step, index), tau, scale)
+                    loss, parts = _forward_loss(model, masks, batch[rows], config, target_density, bonus)
+                    if not torch.isfinite(loss):
+                        raise HarnessError(
+                            f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
+                            "check the model's weights for NaN/inf or lower leap.lr"
+                        )
+                    (loss / forwards).backward()
+                    for key, value in {"loss": loss.item(), **parts}.items():
+                        totals[key] = totals.get(key, 0.0) + value / forwards
+                    del loss
             grad_norm = _checked_grad_norm(params, step)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            curve.append(_curve_point(step, totals, tau, scale, lr, grad_norm, time.perf_counter() - step_start, config.distill > 0))
+            curve.append(_curve_point(step, totals, tau, scale, lr, grad_norm, time.perf_counter() - step_start))
             bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals['ce']:.3f}", density=f"{totals['density']:.3f}", tau=f"{tau:.2f}")
             done = step + 1
             if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < budget.steps:
@@ -197,11 +229,11 @@ def train_masks(
     )
 
 
-def _curve_point(step: int, totals: dict[str, float], tau: float, scale: float, lr: float, grad_norm: torch.Tensor, seconds: float, distill: bool) -> dict[str, float]:
-    """One logged step of the training curve (kl only when distilling)."""
+def _curve_point(step: int, totals: dict[str, float], tau: float, scale: float, lr: float, grad_norm: torch.Tensor, seconds: float) -> dict[str, float]:
+    """One logged step of the training curve (kl only when distilling, group_gap only under N:M)."""
     return {
         "step": step,
-        **{key: round(value, 6) for key, value in totals.items() if key != "kl" or distill},
+        **{key: round(value, 6) for key, value in totals.items()},
         "tau": round(tau, 6),
         "scale": round(scale, 4),
         "lr": lr,
