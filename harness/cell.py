@@ -22,6 +22,7 @@ from harness.evaluation.fidelity import (
     reference_key,
     save_reference,
 )
+from harness.distributed import world
 from harness.errors import HarnessError
 from harness.evaluation.perplexity import wikitext2_windows, window_nlls
 from harness.memory import PeakMemory
@@ -38,8 +39,14 @@ from harness.settings import RunSettings
 from harness.store import SCHEMA_VERSION, slug, write_record
 
 
-def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Load, calibrate, prune, verify, evaluate and write one planned cell; return its record."""
+def run_cell(planned: PlannedCell, settings: RunSettings, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Load, calibrate, prune, verify, evaluate and write one planned cell; return its record.
+    On a torchrun rank other than 0 (a data-parallel method's cell only): load and prune, taking
+    this rank's share of the work, and return None; rank 0 evaluates and writes the record."""
+    if not world().is_main:
+        model, tokenizer = load_model(planned.cell.model, torch.device(settings.device), getattr(torch, settings.dtype))
+        _prune(planned, settings, model, tokenizer, {}, lambda _: None)
+        return None
     cell, identity = planned.cell, planned.identity
     timings: dict[str, float] = {}
     with PeakMemory() as memory:

@@ -48,6 +48,7 @@ RUN_META_OPTIONS = (
 @cli_options
 def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
     """Prune and evaluate every cell of models x methods x sparsities x seeds."""
+    from harness.distributed import world
     from harness.runner import run_sweep
     from harness.sweep import load_sweep
 
@@ -58,6 +59,8 @@ def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
         overrides.setdefault(method, {}).update(fields)
     settings = RunSettings(**values, overrides=overrides)
     outcome = run_sweep(settings)
+    if not world().is_main:  # a torchrun rank other than 0: rank 0 summarizes and reports
+        return
     click.echo(summary_table(outcome.records))
     if settings.report and outcome.records:
         methods = {r["method"] for r in outcome.records}

@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from harness.cell import run_cell
+from harness.distributed import world
 from harness.errors import HarnessError
 from harness.plan import Cell, PlannedCell
+from harness.registry import get_pruner
 from harness.settings import RunSettings
 from harness.store import write_record
 
@@ -35,15 +37,23 @@ def _describe(error: BaseException) -> str:
 
 
 def run_local(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outcome:
-    """Cells in sequence in this process. Ctrl-C stops the sweep; finished records stay."""
+    """Cells in sequence in this process. Ctrl-C stops the sweep; finished records stay. Under
+    torchrun, the ranks other than 0 take part only in the cells of data-parallel methods."""
     records: dict[Cell, dict[str, Any]] = {}
     failures: list[CellFailure] = []
+    main = world().is_main
     for index, planned in enumerate(cells, 1):
         cell = planned.cell
+        if not main and (planned.config is None or not get_pruner(cell.method).data_parallel):
+            continue
         log(f"[{index}/{len(cells)}] {cell.tag}: running")
         try:
-            records[cell] = run_cell(planned, settings, log)
+            record = run_cell(planned, settings, log)
+            if record is not None:
+                records[cell] = record
         except Exception as error:  # one broken cell must not cost the others
+            if world().size > 1:
+                raise  # a rank that gave up would leave the others waiting: torchrun stops them all
             failures.append(CellFailure(cell, _describe(error)))
             log(f"[{index}/{len(cells)}] {cell.tag}: FAILED: {_describe(error)}")
     return records, failures

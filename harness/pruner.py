@@ -70,7 +70,9 @@ class Pruner(abc.ABC):
     Class attributes: `supports_nm` (accepts N:M sparsities; otherwise the run refuses them up
     front), `needs_calibration` (gets `ctx.calibration`, C4 token ids [nsamples, seqlen]), and
     `honours_profile` (prunes each matrix to `ctx.sparsity_of(name, sparsity)`, so `--profile
-    owl` applies; otherwise the run refuses the profile for it), and for the report
+    owl` applies; otherwise the run refuses the profile for it), `data_parallel` (under torchrun
+    its cells run on every rank and `prune` shares the work through `harness.distributed`;
+    otherwise rank 0 runs them alone), and for the report
     `report_rank` (position of its rows: the papers' order magnitude 10, wanda 20, sparsegpt 30,
     admm 40, leap 50; plugins 100, ties alphabetical) and `cost_stats`."""
 
@@ -79,6 +81,7 @@ class Pruner(abc.ABC):
     supports_nm: ClassVar[bool] = False
     needs_calibration: ClassVar[bool] = True
     honours_profile: ClassVar[bool] = False
+    data_parallel: ClassVar[bool] = False
     report_rank: ClassVar[int] = 100
     cost_stats: ClassVar[tuple[tuple[str, str, float], ...]] = ()
     """Extra columns of the report's cost table: (header, key in the record's method_stats, scale)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from harness.distributed import join_from_environment
 from harness.errors import HarnessError
 from harness.executors import EXECUTORS, CellFailure
 from harness.plan import Cell, PlannedCell, check_environment, plan_cells
@@ -35,10 +36,20 @@ def prepare(settings: RunSettings) -> tuple[RunSettings, list[PlannedCell]]:
     return settings, cells
 
 
+def _silent(_: str) -> None:
+    """The log of a torchrun rank other than 0: rank 0 tells the story."""
+
+
 def run_sweep(settings: RunSettings, log: Callable[[str], None] = print) -> SweepOutcome:
     """Run every unfinished cell with the settings' executor; return the records of all planned
     cells, old and new, and the failures."""
     settings, cells = prepare(settings)
+    ranks = join_from_environment(settings.on_gpu)
+    if ranks.size > 1:
+        if settings.executor != "local":
+            raise HarnessError(f"under torchrun the cells run on its ranks; drop --executor {settings.executor}")
+        if not ranks.is_main:
+            log = _silent
     git_commit()  # read now, before a long sweep gives time for edits
     done: dict[Cell, dict[str, Any]] = {}
     pending: list[PlannedCell] = []
@@ -48,6 +59,7 @@ def run_sweep(settings: RunSettings, log: Callable[[str], None] = print) -> Swee
             done[planned.cell] = read_record(planned.path)
         else:
             pending.append(planned)
+    ranks.barrier()  # every rank has decided what to run before any rank writes a record
     new_records, failures = EXECUTORS[settings.executor](pending, settings, log)
     done.update(new_records)
     return SweepOutcome([done[p.cell] for p in cells if p.cell in done], failures)

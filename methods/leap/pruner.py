@@ -36,6 +36,7 @@ from torch import nn
 from harness.accumulators import GramAccumulator
 from harness.data import TRAINING_FILES, estimate_tokens, stream_windows, training_documents
 from harness.engine import prune_layerwise
+from harness.distributed import world
 from harness.errors import HarnessError
 from harness.methods.admm import ADMMConfig, admm_reconstruct
 from harness.methods.leap.checkpoint import Checkpoint
@@ -57,6 +58,7 @@ class LEAPPruner(Pruner):
     name = "leap"
     Config = LEAPConfig
     supports_nm = True
+    data_parallel = True  # torchrun ranks share the mask training
     honours_profile = True  # through its prior: a profile shapes the prior's mask, not LEAP's global top-k
     report_rank = 50
     cost_stats = (("Tokens trained (M)", "tokens_trained", 1e-6),)
@@ -165,6 +167,7 @@ class LEAPPruner(Pruner):
             "mask_changed": _changed_fraction(keep, extra["prior_bits"]),
             "budget": dataclasses.asdict(budget),
             "tokens_trained": budget.tokens,
+            "world_size": world().size,
             "corpus": corpus,
             "train_seconds": round(outcome.seconds, 2),
             "seconds_per_step": round(outcome.seconds_per_step, 3),

@@ -10,6 +10,10 @@ math (sampling and the three-pass backward over every targeted weight) of one sh
 split forwards give up only the larger matmuls of a batched forward. `sampling=micro-batch`
 draws one mask per micro-batch, in one forward. `benchmarks/leap_step.py` measures both.
 
+Data parallel (torchrun): the forwards of a step are dealt round-robin to the ranks, their
+gradients and logged parts summed over the ranks before the optimizer step, which every rank
+then takes identically; rank 0 alone writes checkpoints.
+
 Loss per forward, divided by the number of forwards per step (the reference's MaskTrainer):
     CE + λ_s·gap − λ_w·(1 − t/T)·Σ‖W⊙m‖/Σ‖W‖ (+ distill·KL),
 gap = |density − target| over all targeted weights, or under N:M the mean over the groups of M
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.distributed import world
 from harness.errors import HarnessError
 from harness.methods.leap.checkpoint import Checkpoint
 from harness.methods.leap.config import Budget, MaskTrainingConfig
@@ -111,6 +116,14 @@ def mask_samples(micro: int, batch_size: int, sampling: str) -> list[tuple[int, 
     return [(micro * batch_size + row, slice(row, row + 1)) for row in range(batch_size)]
 
 
+def step_forwards(budget: Budget, sampling: str) -> list[tuple[int, int, slice]]:
+    """Every forward of one optimizer step, in order: (micro-batch, noise index, its rows). Under
+    torchrun, rank r runs forwards r, r + size, ...; the noise of a forward depends on its index
+    only, so any number of ranks computes the same step as one process (up to the order of the
+    gradient sums)."""
+    return [(micro, index, rows) for micro in range(budget.grad_accum) for index, rows in mask_samples(micro, budget.batch_size, sampling)]
+
+
 def sparsity_gap(stats: ForwardStats, target_density: float) -> torch.Tensor:
     """What λ_s multiplies: the per-group gap under N:M, else |global soft density − target|."""
     return stats.group_gap if stats.group_gap is not None else (stats.density - target_density).abs()
@@ -174,8 +187,15 @@ def train_masks(
         optimizer.load_state_dict(resume.optimizer)
         start, curve, seconds_before = resume.step, list(resume.curve), resume.seconds
 
+    ranks = world()
+    forwards = step_forwards(budget, config.sampling)
+    if len(forwards) < ranks.size:
+        raise HarnessError(
+            f"a LEAP step has {len(forwards)} mask sample(s) to share among {ranks.size} ranks; "
+            "raise leap.grad_accum or leap.batch_size, or start fewer ranks"
+        )
     begin = time.perf_counter()
-    bar = tqdm(range(start, budget.steps), desc="leap", disable=not progress, initial=start, total=budget.steps)
+    bar = tqdm(range(start, budget.steps), desc="leap", disable=not (progress and ranks.is_main), initial=start, total=budget.steps)
     with _training_mode(model, config.grad_checkpointing):
         for step in bar:
             step_start = time.perf_counter()
@@ -185,22 +205,23 @@ def train_masks(
                 group["lr"] = lr
             bonus = config.weight_reg * schedule.weight_reg_factor(step)
             totals: dict[str, float] = {}
-            for micro in range(budget.grad_accum):
-                batch = windows((step * budget.grad_accum + micro) * budget.batch_size, budget.batch_size).to(device)
-                samples = mask_samples(micro, budget.batch_size, config.sampling)
-                forwards = budget.grad_accum * len(samples)
-                for index, rows in samples:
-                    masks.begin_forward((seed, step, index), tau, scale)
-                    loss, parts = _forward_loss(model, masks, batch[rows], config, target_density, bonus)
-                    if not torch.isfinite(loss):
-                        raise HarnessError(
-                            f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
-                            "check the model's weights for NaN/inf or lower leap.lr"
-                        )
-                    (loss / forwards).backward()
-                    for key, value in {"loss": loss.item(), **parts}.items():
-                        totals[key] = totals.get(key, 0.0) + value / forwards
-                    del loss
+            batch = None
+            for micro, index, rows in forwards[ranks.rank :: ranks.size]:  # this rank's share of the step
+                if batch is None or batch[0] != micro:
+                    batch = (micro, windows((step * budget.grad_accum + micro) * budget.batch_size, budget.batch_size).to(device))
+                masks.begin_forward((seed, step, index), tau, scale)
+                loss, parts = _forward_loss(model, masks, batch[1][rows], config, target_density, bonus)
+                if not torch.isfinite(loss):
+                    raise HarnessError(
+                        f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
+                        "check the model's weights for NaN/inf or lower leap.lr"
+                    )
+                (loss / len(forwards)).backward()
+                for key, value in {"loss": loss.item(), **parts}.items():
+                    totals[key] = totals.get(key, 0.0) + value / len(forwards)
+                del loss
+            ranks.sum([p.grad for p in params])
+            totals = ranks.sum_values(totals, device)
             grad_norm = _checked_grad_norm(params, step)
             if config.max_grad_norm > 0:
                 torch.nn.utils.clip_grads_with_norm_(params, config.max_grad_norm, grad_norm)
@@ -209,7 +230,7 @@ def train_masks(
             curve.append(_curve_point(step, totals, tau, scale, lr, grad_norm, time.perf_counter() - step_start))
             bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals['ce']:.3f}", density=f"{totals['density']:.3f}", tau=f"{tau:.2f}")
             done = step + 1
-            if checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < budget.steps:
+            if ranks.is_main and checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < budget.steps:
                 Checkpoint(
                     step=done,
                     logits={name: theta.detach().cpu() for name, theta in masks.logits.items()},

@@ -1,0 +1,75 @@
+"""Data parallelism under `torchrun`: the ranks of one process group and the few collective
+operations the harness needs.
+
+`torchrun --nproc_per_node N -m harness run ...` starts N copies of the command; each finds
+WORLD_SIZE, RANK and LOCAL_RANK in its environment and joins one process group (gloo on CPU,
+NCCL on CUDA, one GPU per local rank). Every rank plans the same sweep. A method that shares its
+work across ranks (`Pruner.data_parallel`, LEAP's mask training) runs its cells on every rank;
+every other cell, and every evaluation, record and report, runs on rank 0 alone. Without
+torchrun there is one rank and every operation here is a no-op."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+
+import torch
+
+from harness.errors import HarnessError
+
+COLLECTIVE_TIMEOUT = dt.timedelta(hours=6)
+"""How long a rank waits in a collective: the other ranks may be in rank 0's evaluation of the
+previous cell (full zero-shot suites on a large model take hours)."""
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's rank among `size` ranks (0 of 1 without torchrun)."""
+
+    rank: int = 0
+    size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, tensors: list[torch.Tensor]) -> None:
+        """Sum each tensor over the ranks, in place: every rank gets the same result."""
+        if self.size > 1:
+            for tensor in tensors:
+                torch.distributed.all_reduce(tensor)
+
+    def sum_values(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
+        """A dict of numbers summed over the ranks (every rank must hold the same keys)."""
+        if self.size == 1:
+            return values
+        keys = sorted(values)
+        packed = torch.tensor([values[key] for key in keys], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(packed)
+        return dict(zip(keys, packed.tolist()))
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            torch.distributed.barrier()
+
+
+def world() -> World:
+    """The current process group's view of this process (one rank when there is none)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return World(torch.distributed.get_rank(), torch.distributed.get_world_size())
+    return World()
+
+
+def join_from_environment(on_gpu: bool) -> World:
+    """Join the process group that torchrun describes in the environment, once; one rank
+    without it. On CUDA each rank takes the GPU of its local rank."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size > 1 and not torch.distributed.is_initialized():
+        if on_gpu:
+            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+            if local_rank >= torch.cuda.device_count():
+                raise HarnessError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); lower --nproc_per_node")
+            torch.cuda.set_device(local_rank)
+        torch.distributed.init_process_group("nccl" if on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT)
+    return world()
