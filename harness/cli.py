@@ -11,6 +11,7 @@ import click
 from harness.errors import HarnessError
 from harness.models import BUNDLED, DEFAULT_MODEL
 from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET, DENSE, RunSettings, cli_options, options_table
+from harness.store import method_of_row, row_name
 
 
 def _split(text: str) -> list[str]:
@@ -63,14 +64,25 @@ def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
         return
     click.echo(summary_table(outcome.records))
     if settings.report and outcome.records:
-        methods = {r["method"] for r in outcome.records}
-        baseline = DEFAULT_BASELINE if DEFAULT_BASELINE in methods else DENSE
+        baseline, target = _report_pair({row_name(r) for r in outcome.records})
         # this sweep's records only: the out folder may hold other runs (e.g. committed references)
-        _report(settings.out, Path("reports") / "latest", baseline, DEFAULT_TARGET, ("md", "latex"), False, outcome.records)
+        _report(settings.out, Path("reports") / "latest", baseline, target, ("md", "latex"), False, outcome.records)
     if outcome.failures:
         for failure in outcome.failures:
             click.echo(f"failed: {failure.cell.tag}: {failure.error}", err=True)
         raise HarnessError(f"{len(outcome.failures)} cell(s) failed (listed above); re-run to retry them")
+
+
+def _report_pair(rows: set[str]) -> tuple[str, str]:
+    """(baseline, target) rows for the report after a run: the defaults (admm, leap), or their
+    profiled rows (admm+owl) when the sweep ran with a profile; else dense, else any row."""
+
+    def pick(name: str, fallback: str) -> str:
+        matches = sorted(row for row in rows if method_of_row(row) == name)
+        return matches[0] if matches else fallback
+
+    baseline = pick(DEFAULT_BASELINE, DENSE if DENSE in rows else min(rows))
+    return baseline, pick(DEFAULT_TARGET, DEFAULT_TARGET)
 
 
 def run_options_table() -> str:
@@ -85,7 +97,7 @@ def summary_table(records: list[dict]) -> str:
         m = r["metrics"]
         acc = f"{100 * m['avg_acc']:.2f}" if "avg_acc" in m else "-"
         lines.append(
-            f"{r['model']:<16} {r['method']:<10} {r['sparsity_label']:>8} {r['seed']:>4} "
+            f"{r['model']:<16} {row_name(r):<10} {r['sparsity_label']:>8} {r['seed']:>4} "
             f"{r['realized_sparsity']:>8.4f} {m.get('wikitext2_ppl', float('nan')):>13.2f} {acc:>8}"
         )
     return "\n".join(lines)

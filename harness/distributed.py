@@ -4,8 +4,8 @@ operations the harness needs.
 `torchrun --nproc_per_node N -m harness run ...` starts N copies of the command; each finds
 WORLD_SIZE, RANK and LOCAL_RANK in its environment and joins one process group (gloo on CPU,
 NCCL on CUDA, one GPU per local rank). Every rank plans the same sweep. A method that shares its
-work across ranks (`Pruner.data_parallel`, LEAP's mask training) runs its cells on every rank;
-every other cell, and every evaluation, record and report, runs on rank 0 alone. Without
+work across ranks (`Pruner.data_parallel`, LEAP's mask training) runs its cells on every rank,
+first; every other cell, and every evaluation, record and report, runs on rank 0 alone, after. Without
 torchrun there is one rank and every operation here is a no-op."""
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import torch
 from harness.errors import HarnessError
 
 COLLECTIVE_TIMEOUT = dt.timedelta(hours=6)
-"""How long a rank waits in a collective: the other ranks may be in rank 0's evaluation of the
-previous cell (full zero-shot suites on a large model take hours)."""
+"""How long a rank waits in a collective: the other ranks may wait in a LEAP cell's first step
+while rank 0 evaluates the previous LEAP cell (full zero-shot suites on a large model take
+hours). Data-parallel cells run first under torchrun, so no rank waits longer than that."""
 
 
 @dataclass(frozen=True)
@@ -61,15 +62,19 @@ def world() -> World:
     return World()
 
 
-def join_from_environment(on_gpu: bool) -> World:
+def join_from_environment(device: str) -> World:
     """Join the process group that torchrun describes in the environment, once; one rank
-    without it. On CUDA each rank takes the GPU of its local rank."""
+    without it. On CUDA each rank takes the GPU of its local rank (GPU 0 where the launcher
+    shows each rank one GPU), so the device must be plain `cuda`."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not torch.distributed.is_initialized():
+        on_gpu = device.startswith("cuda")
         if on_gpu:
-            local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-            if local_rank >= torch.cuda.device_count():
-                raise HarnessError(f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible); lower --nproc_per_node")
-            torch.cuda.set_device(local_rank)
+            if device != "cuda":
+                raise HarnessError(f"under torchrun each rank takes its own GPU; use --device cuda, not {device}")
+            local_rank, visible = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+            if visible > 1 and local_rank >= visible:
+                raise HarnessError(f"local rank {local_rank} has no GPU ({visible} visible); lower --nproc_per_node")
+            torch.cuda.set_device(local_rank if visible > 1 else 0)
         torch.distributed.init_process_group("nccl" if on_gpu else "gloo", timeout=COLLECTIVE_TIMEOUT)
     return world()

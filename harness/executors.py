@@ -36,6 +36,11 @@ def _describe(error: BaseException) -> str:
     return f"{error.__class__.__name__}: {error}{where}"
 
 
+def is_data_parallel(planned: PlannedCell) -> bool:
+    """Whether every torchrun rank takes part in this cell (`Pruner.data_parallel`)."""
+    return planned.config is not None and get_pruner(planned.cell.method).data_parallel
+
+
 def run_local(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outcome:
     """Cells in sequence in this process. Ctrl-C stops the sweep; finished records stay. Under
     torchrun, the ranks other than 0 take part only in the cells of data-parallel methods."""
@@ -44,7 +49,7 @@ def run_local(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outc
     main = world().is_main
     for index, planned in enumerate(cells, 1):
         cell = planned.cell
-        if not main and (planned.config is None or not get_pruner(cell.method).data_parallel):
+        if not main and not is_data_parallel(planned):
             continue
         log(f"[{index}/{len(cells)}] {cell.tag}: running")
         try:
@@ -52,7 +57,7 @@ def run_local(cells: list[PlannedCell], settings: RunSettings, log: Log) -> Outc
             if record is not None:
                 records[cell] = record
         except Exception as error:  # one broken cell must not cost the others
-            if world().size > 1:
+            if world().size > 1 and is_data_parallel(planned):
                 raise  # a rank that gave up would leave the others waiting: torchrun stops them all
             failures.append(CellFailure(cell, _describe(error)))
             log(f"[{index}/{len(cells)}] {cell.tag}: FAILED: {_describe(error)}")

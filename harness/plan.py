@@ -18,7 +18,7 @@ from harness.errors import HarnessError
 from harness.layout import HELLASWAG_FULL_FILE, WIKITEXT2_FILE
 from harness.models import check_model_spec
 from harness.registry import get_pruner
-from harness.settings import DENSE, RunSettings
+from harness.settings import DENSE, SETTINGS, RunSettings
 from harness.sparsity import UNIFORM, Sparsity
 from harness.store import record_path
 
@@ -90,6 +90,9 @@ def _check_settings(settings: RunSettings) -> None:
     """What no single setting can say alone."""
     if settings.methods == (DENSE,) and not settings.include_dense:
         raise HarnessError("--methods dense with --no-dense leaves nothing to run; drop one of them")
+    unused = [SETTINGS[name].flag for name in ("owl_lambda", "owl_m") if getattr(settings, name) != SETTINGS[name].default]
+    if settings.profile == UNIFORM and unused:
+        raise HarnessError(f"{', '.join(unused)} set the OWL profile; add --profile owl or drop them")
     nm = [str(sparsity) for sparsity in settings.sparsities if sparsity.is_nm]
     if settings.profile != UNIFORM and nm:
         raise HarnessError(

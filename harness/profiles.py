@@ -5,7 +5,7 @@ OWL, as the reference computes it. The dense model's calibration activations go 
 decoder layers one at a time (the layers stay dense). For layer l, the Wanda scores |W_ij|·‖X_j‖₂
 of all its targeted linears together give its outlier ratio D_l, the percentage of scores above
 M × their mean. The ratios are min-max scaled to [0, 2λ] and layer l gets sparsity
-s − (D̂_l − mean D̂): a spread of ±λ around the target s. Defaults λ = 0.08, M = 5 (the reference's
+s − (D̂_l − mean D̂): a spread of 2λ, ±λ around the target s when the ratios are spread evenly. Defaults λ = 0.08, M = 5 (the reference's
 `Lamda`, `Hyper_m`; llm-compressor's `owl_lmbda`, `owl_m`).
 
 Exactness. The reference's mean is over layers; here it is weighted by each layer's number of
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from harness.accumulators import InputNormAccumulator, InputStatistics
-from harness.engine import LayerwiseEngine, targets_per_layer
+from harness.engine import LayerwiseEngine, ieee_float32, targets_per_layer
 from harness.errors import HarnessError
 from harness.masks import prune_count
 from harness.sparsity import UNIFORM, Sparsity
@@ -52,7 +52,7 @@ def owl_layer_sparsities(ratios: Sequence[float], target: float, lam: float, siz
 
 def exact_zero_counts(sizes: dict[str, int], ratios: dict[str, float], target: float) -> dict[str, int]:
     """Per-matrix zero counts close to numel·ratio that sum to exactly round(N·target): floors
-    first, then one more for the largest remainders (ties in name order). The ratios must
+    first, then one more for the largest remainders (ties in the order of `sizes`). The ratios must
     average to the target over the weights, as `owl_layer_sparsities` makes them."""
     wanted = {name: sizes[name] * ratios[name] for name in sizes}
     counts = {name: math.floor(value) for name, value in wanted.items()}
@@ -74,7 +74,8 @@ class ProfileSettings:
     owl_m: float
 
     def identity(self) -> dict[str, Any] | None:
-        """The profile's part of a cell's identity; None for uniform, so older records keep their names."""
+        """The profile's part of a cell's identity; None for uniform, so older records keep their
+        names. Its keys are the record's (harness.store.PROFILE_PARAMETERS)."""
         return None if self.name == UNIFORM else {"name": self.name, "lambda": self.owl_lambda, "m": self.owl_m}
 
 
@@ -83,6 +84,7 @@ class LayerProfile:
     """Per-matrix target sparsities and what produced them, for the record."""
 
     matrices: dict[str, Sparsity]
+    layers: list[int] = field(default_factory=list)  # decoder layers holding targeted linears
     layer_sparsity: list[float] = field(default_factory=list)
     outlier_ratio: list[float] = field(default_factory=list)
     seconds: float = 0.0
@@ -90,6 +92,7 @@ class LayerProfile:
     def record(self, settings: ProfileSettings) -> dict[str, Any]:
         return {
             **(settings.identity() or {}),
+            "layers": self.layers,
             "layer_sparsity": [round(value, 6) for value in self.layer_sparsity],
             "outlier_ratio": [round(value, 4) for value in self.outlier_ratio],
             "seconds": round(self.seconds, 2),
@@ -105,17 +108,20 @@ def layer_outlier_ratios(
     engine = LayerwiseEngine(model, calibration, batch_size, offload=True, progress=progress)
     per_layer = targets_per_layer(engine.layers, linears)
     ratios: dict[int, float] = {}
-    for index, _ in engine.steps(max(per_layer) + 1):
-        layer_linears = per_layer.get(index)
-        if not layer_linears:
-            continue
-        statistics = InputStatistics(layer_linears, lambda linear: InputNormAccumulator(linear.in_features, linear.weight.device))
-        with statistics.hooked():
-            engine.forward(index)
-        scores = torch.cat(
-            [(linear.weight.float().abs() * statistics.stats[name].norms()[None, :]).flatten().cpu() for name, linear in layer_linears.items()]
-        )
-        ratios[index] = outlier_ratio(scores, m)
+    with ieee_float32():
+        for index, _ in engine.steps(max(per_layer) + 1):
+            layer_linears = per_layer.get(index)
+            if not layer_linears:
+                continue
+            statistics = InputStatistics(layer_linears, lambda linear: InputNormAccumulator(linear.in_features, linear.weight.device))
+            with statistics.hooked():
+                engine.forward(index)
+            scores = []
+            for name, linear in layer_linears.items():
+                if name not in statistics.stats:
+                    raise HarnessError(f"{name} received no calibration input; exclude it with --targets")
+                scores.append((linear.weight.float().abs() * statistics.stats[name].norms()[None, :]).flatten().cpu())
+            ratios[index] = outlier_ratio(torch.cat(scores), m)
     return ratios
 
 
@@ -126,7 +132,7 @@ def owl_profile(
     """OWL's per-matrix sparsities for `linears` of the dense `model` at `sparsity`."""
     start = time.perf_counter()
     ratios = layer_outlier_ratios(model, linears, calibration, settings.owl_m, batch_size, progress)
-    per_layer = targets_per_layer(decoder_layers(model), linears)
+    per_layer = targets_per_layer(decoder_layers(model), linears)  # the grouping the ratios were taken over
     layers = sorted(ratios)
     sizes = [sum(linear.weight.numel() for linear in per_layer[index].values()) for index in layers]
     layer_sparsity = owl_layer_sparsities([ratios[index] for index in layers], sparsity.ratio, settings.owl_lambda, sizes)
@@ -140,4 +146,4 @@ def owl_profile(
     matrix_size = {name: linear.weight.numel() for name, linear in linears.items()}
     counts = exact_zero_counts(matrix_size, matrix_ratio, sparsity.ratio)
     matrices = {name: Sparsity(counts[name] / matrix_size[name]) for name in linears}
-    return LayerProfile(matrices, layer_sparsity, [ratios[index] for index in layers], time.perf_counter() - start)
+    return LayerProfile(matrices, layers, layer_sparsity, [ratios[index] for index in layers], time.perf_counter() - start)

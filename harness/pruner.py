@@ -138,6 +138,8 @@ class Pruner(abc.ABC):
     def run(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> PruneResult:
         """Prune, time it, track peak memory, and count the zeros that resulted."""
         self.check_sparsity(sparsity)
+        if ctx.matrix_sparsity is not None and not self.honours_profile:
+            raise HarnessError(f"{self.name} does not follow per-matrix targets (ctx.matrix_sparsity); run it with a uniform profile")
         if self.needs_calibration and ctx.calibration is None:
             raise HarnessError(f"{self.name} needs calibration data; pass --nsamples > 0")
         targets = ctx.targets(model)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from harness.distributed import join_from_environment
 from harness.errors import HarnessError
-from harness.executors import EXECUTORS, CellFailure
+from harness.executors import EXECUTORS, CellFailure, is_data_parallel
 from harness.plan import Cell, PlannedCell, check_environment, plan_cells
 from harness.provenance import git_commit
 from harness.settings import RunSettings
@@ -44,12 +44,13 @@ def run_sweep(settings: RunSettings, log: Callable[[str], None] = print) -> Swee
     """Run every unfinished cell with the settings' executor; return the records of all planned
     cells, old and new, and the failures."""
     settings, cells = prepare(settings)
-    ranks = join_from_environment(settings.on_gpu)
+    ranks = join_from_environment(settings.device)
     if ranks.size > 1:
         if settings.executor != "local":
             raise HarnessError(f"under torchrun the cells run on its ranks; drop --executor {settings.executor}")
         if not ranks.is_main:
             log = _silent
+        cells = sorted(cells, key=lambda planned: not is_data_parallel(planned))  # together first; rank 0 alone after
     git_commit()  # read now, before a long sweep gives time for edits
     done: dict[Cell, dict[str, Any]] = {}
     pending: list[PlannedCell] = []

@@ -186,7 +186,7 @@ class RunSettings:
     )
     profile: str = setting(
         UNIFORM, "--profile", Choice(PROFILES),
-        "Layer-wise sparsity: every matrix at the target, or OWL's outlier-weighted layer ratios (every method; unstructured).",
+        "Layer-wise sparsity: every matrix at the target, or OWL's outlier-weighted layer ratios (unstructured; every built-in method but magnitude.scope=global).",
     )
     owl_lambda: float = setting(0.08, "--owl-lambda", Number(0.0, 0.5), "OWL: layer sparsities spread over target ± lambda.")
     owl_m: float = setting(5.0, "--owl-m", Number(1.0), "OWL: a score is an outlier above M × its layer's mean.")

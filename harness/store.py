@@ -51,13 +51,20 @@ def read_record(path: Path) -> dict[str, Any]:
 
 
 PROFILE_MARK = "+"
+PROFILE_PARAMETERS = {"lambda": "owl_lambda", "m": "owl_m"}  # a record's profile key -> its run setting
 
 
 def row_name(record: dict[str, Any]) -> str:
     """The method as a report row names it: `wanda`, or `wanda+owl` for a non-uniform layer
-    profile, so both can sit in one results folder and one table."""
-    profile = (record.get("profile") or {}).get("name")
-    return f"{record['method']}{PROFILE_MARK}{profile}" if profile else record["method"]
+    profile (`wanda+owl(lambda=0.1)` where a profile parameter is not the default), so they can
+    sit in one results folder and one table."""
+    profile = record.get("profile") or {}
+    if not profile.get("name"):
+        return record["method"]
+    from harness.settings import SETTINGS
+
+    changed = [f"{key}={profile[key]:g}" for key, name in PROFILE_PARAMETERS.items() if key in profile and profile[key] != SETTINGS[name].default]
+    return f"{record['method']}{PROFILE_MARK}{profile['name']}" + (f"({','.join(changed)})" if changed else "")
 
 
 def method_of_row(row: str) -> str:

@@ -128,7 +128,7 @@ def test_owl_cell_records_its_profile_and_is_its_own_cell(model_dir, tmp_path, d
     for record in owl:
         profile = record["profile"]
         assert profile["name"] == "owl" and profile["lambda"] == 0.08 and profile["m"] == 5.0
-        assert len(profile["layer_sparsity"]) == 2 and np.mean(profile["layer_sparsity"]) == pytest.approx(0.5)
+        assert profile["layers"] == [0, 1] and len(profile["layer_sparsity"]) == 2 and np.mean(profile["layer_sparsity"]) == pytest.approx(0.5)
         assert record["realized_sparsity"] == pytest.approx(0.5, abs=1e-9)
         assert record["calibration"]["nsamples"] == 4  # magnitude too: OWL scores on calibration
         assert "profile" in record["timings"]
@@ -143,6 +143,7 @@ def test_owl_cell_records_its_profile_and_is_its_own_cell(model_dir, tmp_path, d
         (["--profile", "outliers"], "--profile takes one of uniform, owl"),
         (["--profile", "owl", "--owl-lambda", "0.9"], "--owl-lambda takes a number in [0, 0.5]"),
         (["--owl-m", "zero"], "--owl-m takes a number"),
+        (["--owl-lambda", "0.1"], "--owl-lambda set the OWL profile; add --profile owl"),
     ],
 )
 def test_bad_profile_input_is_refused(monkeypatch, capsys, tmp_path, args, needle) -> None:
@@ -163,6 +164,32 @@ def test_leap_takes_the_profile_through_its_prior() -> None:
     for name, linear in linears.items():
         prior_keep = unpack_mask(extra["prior_bits"][name], linear.weight)
         assert int((~prior_keep).sum()) == prune_count(linear.weight.numel(), profile.matrices[name].ratio), name
+
+
+def test_run_with_owl_reports_against_the_owl_baseline(monkeypatch, capsys, model_dir, tmp_path, data_dir) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        monkeypatch, capsys, "run", "--model", model_dir, "--methods", "wanda,admm", "--profile", "owl", "--owl-m", "4",
+        "--no-dense", "--tasks", "none", "--nsamples", "4", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu",
+        "--dtype", "float32", "--out", str(tmp_path / "results"),
+    )
+    assert code == 0, err
+    assert "baseline: **admm+owl(m=4)**" in (tmp_path / "reports" / "latest" / "README.md").read_text()
+    assert "wanda+owl(m=4)" in out
+
+
+def test_a_pruner_without_profiles_refuses_per_matrix_targets() -> None:
+    from harness.pruner import Pruner
+
+    class Plain(Pruner):
+        name = "plain"
+        needs_calibration = False
+
+        def prune(self, model, sparsity, ctx):
+            return {}
+
+    with pytest.raises(Exception, match="does not follow per-matrix targets"):
+        Plain().run(tiny_llama(), Sparsity(0.5), PruneContext(matrix_sparsity={}))
 
 
 def test_owl_refuses_a_layer_pushed_past_dense() -> None:
