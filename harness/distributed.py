@@ -50,6 +50,21 @@ class World:
         torch.distributed.all_reduce(packed)
         return dict(zip(keys, packed.tolist()))
 
+    def agree(self, value: int, what: str, fix: str, device: torch.device) -> None:
+        """Raise on every rank (so none is left waiting) unless all ranks hold the same `value`."""
+        if self.size == 1:
+            return
+        bounds = torch.tensor([value, -value], dtype=torch.int64, device=device)
+        torch.distributed.all_reduce(bounds, op=torch.distributed.ReduceOp.MAX)
+        if int(bounds[0]) != -int(bounds[1]):
+            raise HarnessError(f"the ranks disagree on {what} ({-int(bounds[1])} to {int(bounds[0])}); {fix}")
+
+    def share_from_main(self, tensors: list[torch.Tensor]) -> None:
+        """Rank 0's values of `tensors` on every rank, in place."""
+        if self.size > 1:
+            for tensor in tensors:
+                torch.distributed.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.size > 1:
             torch.distributed.barrier()

@@ -1,25 +1,30 @@
-"""LEAP on tiny random Llamas: the relaxed mask and its hand-written gradient, schedules, exact
-final sparsity, training beating its prior mask, one mask per sequence, bit-exact resume, the NaN
-guard, gradient checkpointing, distillation, refit, N:M, and the config. Training data are token
-ids made here."""
+"""LEAP on tiny random Llamas: the relaxed mask and its hand-written gradient, the bfloat16
+sampler against the authors' arithmetic, schedules, exact final sparsity, training beating its prior
+mask, one mask per sequence, bit-exact resume, the NaN guard, gradient checkpointing, distillation,
+refit, N:M, the recipes and the config. Training data are token ids made here."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from harness.config import build_config
 from harness.errors import HarnessError
+from harness.methods.leap import pruner as leap_pruner
 from harness.methods.leap import relaxed_mask
 from harness.methods.leap.checkpoint import Checkpoint
-from harness.methods.leap.config import Budget
+from harness.methods.leap.config import RECIPES, Budget
 from harness.methods.leap.relaxed_mask import (
     LOGIT_PARAM,
     LearnableMasks,
+    gumbel_softmax_mask,
     hard_masks,
     in_groups,
     init_logits,
@@ -100,11 +105,11 @@ SMALL = dict(prior="magnitude", steps=6, batch_size=2, seqlen=16, warmup_steps=1
 MICRO_BATCHES = {**SMALL, "steps": 2, "grad_accum": 2, "batch_size": 3}  # steps of 2 micro-batches of 3 sequences
 
 
-def attach(model, seed: int = 0) -> tuple[dict, LearnableMasks]:
+def attach(model, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[dict, LearnableMasks]:
     linears = target_linears(model)
     g = torch.Generator().manual_seed(seed)
     logits = {
-        name: init_logits(linear.weight.abs() > linear.weight.abs().median(), 0.014, 3.0, g, torch.empty(linear.weight.shape))
+        name: init_logits(linear.weight.abs() > linear.weight.abs().median(), 0.014, 3.0, g, torch.empty(linear.weight.shape, dtype=dtype))
         for name, linear in linears.items()
     }
     return linears, LearnableMasks(model, linears, logits)
@@ -117,6 +122,28 @@ def reference_mask_terms(theta, weight, scale, tau, seed, nm):
     masked = weight * mask
     deviation = (in_groups(mask, nm[1]).sum(-1) - nm[0]).abs().sum() if nm else torch.zeros(())
     return masked, mask.sum(), torch.linalg.vector_norm(masked), deviation
+
+
+def authors_mask_terms(theta, weight, scale, tau, seed):
+    """The authors' sample and statistics with plain bfloat16 autograd ops, on the uniforms our
+    sampler draws: channel 1 of `F.gumbel_softmax(cat([0, θ])·s, τ)` (patch/learnable_mask.py
+    `create_tile_mask`; the body of torch's gumbel_softmax), then W ⊙ m, torch.sum(mask) and
+    torch.norm(mask * weight) (patch/regularizers.py). The three kernels whose CPU arithmetic
+    differs from CUDA's, where the authors ran, give CUDA's values: exponential_ (v = 1 − u in
+    (0, 1], log v set to −2⁻²⁴ where v ≥ 1 − 2⁻²⁴, −log v in float32, then bfloat16), the division
+    by the Python scalar τ (times 1/τ in float32) and the softmax (exp(z − max)/Σ in float32, its
+    gradient that of torch's bfloat16 softmax, which reads the bfloat16 output)."""
+    u = torch.rand((2, *theta.shape), generator=torch.Generator().manual_seed(seed))
+    v = 1 - u
+    exponentials = (-torch.where(v >= 1 - 2.0**-24, torch.tensor(-(2.0**-24)), v.log())).bfloat16()
+    gumbels = -exponentials.movedim(0, -1).log()
+    logits = torch.cat([torch.zeros_like(theta).unsqueeze(-1), theta.unsqueeze(-1)], dim=-1) * scale
+    z = (logits + gumbels) * float(np.float32(1) / np.float32(tau))
+    terms = (z.detach().float() - z.detach().float().amax(-1, keepdim=True)).exp()
+    softmax = z.softmax(-1)
+    mask = (softmax + ((terms / terms.sum(-1, keepdim=True)).bfloat16() - softmax).detach())[..., 1]  # CUDA's values
+    masked = weight * mask
+    return mask, masked, torch.sum(mask), torch.norm(masked)
 
 
 # --------------------------------------------------------------------------- the relaxed mask
@@ -140,18 +167,65 @@ def test_fused_mask_matches_plain_autograd_values_and_gradients(nm):
         torch.testing.assert_close(fused_value, plain_value, rtol=1e-4, atol=1e-6)
 
 
-def test_mask_noise_is_logistic_so_keep_probability_is_sigmoid_of_scaled_logit():
-    theta = torch.tensor([-0.02, 0.0, 0.01, 0.03]).repeat_interleave(50_000).view(4, -1)
+@pytest.mark.parametrize("scale,tau", [(60.0, 1.5), (330.0, 0.177)])  # early, and late in the anneal (masks below the floor)
+def test_bfloat16_sample_is_the_authors_gumbel_softmax(scale, tau):
+    """Compared with `authors_mask_terms` on the same uniforms: the sampler's mask bit for bit; the
+    fused function's W ⊙ m bit for bit, with the mask values below 2⁻⁶⁴ set to 0 (`_MASK_FLOOR`);
+    Σm and ‖W ⊙ m‖ (bfloat16 scalars) to one bfloat16 rounding (their sums run in another order);
+    the gradient of θ, which the fused backward computes in float32 and rounds once where the plain
+    chain rounds at every op, within 1% plus 0.1% of the largest."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 40, generator=g).bfloat16()
+    upstream = torch.randn(24, 40, generator=g)
+    theta = (0.05 * torch.randn(24, 40, generator=g)).bfloat16()
+    mask = gumbel_softmax_mask(theta, scale, tau, torch.Generator().manual_seed(7))
+    fused_theta, plain_theta = theta.clone().requires_grad_(), theta.clone().requires_grad_()
+    fused = sample_masked_weight(fused_theta, weight, scale, tau, torch.Generator().manual_seed(7))
+    plain_mask, plain_masked, plain_sum, plain_norm = authors_mask_terms(plain_theta, weight, scale, tau, 7)
+    assert mask.dtype == torch.bfloat16 and torch.equal(mask, plain_mask.detach())
+    floored = plain_mask.detach().masked_fill(plain_mask.detach() < 2.0**-64, 0)
+    assert torch.equal(fused.masked, weight * floored)
+    assert (scale < 100) or (plain_mask < 2.0**-64).any()  # the late case does reach the floor
+    for mine, theirs in ((fused.mask_sum, plain_sum), (fused.kept_norm, plain_norm)):
+        assert mine.dtype == theirs.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.float(), theirs.float(), rtol=2.0**-8, atol=0)
+    for masked, total, norm in ((fused.masked, fused.mask_sum, fused.kept_norm), (plain_masked, plain_sum, plain_norm)):
+        ((masked.float() * upstream).sum() + 0.3 * total.float() - 2.0 * norm.float()).backward()
+    assert fused_theta.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(fused_theta.grad.float(), plain_theta.grad.float(), rtol=0.01, atol=1e-3 * plain_theta.grad.float().abs().max().item())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compares with torch's CUDA kernels, the authors' device")
+def test_bfloat16_arithmetic_is_that_of_torch_cuda_gumbel_softmax():
+    """On CUDA, given the Exp(1) draws F.gumbel_softmax makes (the same seed, the same
+    exponential_ call), the sampler's arithmetic gives its channel 1 bit for bit."""
+    device = torch.device("cuda")
+    theta = (0.05 * torch.randn(256, 512, generator=torch.Generator().manual_seed(0))).bfloat16().to(device)
+    for scale, tau in ((25.0, 4.0), (187.5, 2.025), (330.0, 0.177)):
+        logits = torch.cat([torch.zeros_like(theta).unsqueeze(-1), theta.unsqueeze(-1)], dim=-1) * scale
+        torch.cuda.manual_seed(1)
+        expected = F.gumbel_softmax(logits, tau=tau)[..., 1]
+        torch.cuda.manual_seed(1)
+        noise = torch.empty_like(logits).exponential_().movedim(-1, 0)
+        assert torch.equal(relaxed_mask.gumbel_softmax_of(theta, noise, scale, tau), expected), (scale, tau)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_noise_is_logistic_so_keep_probability_is_sigmoid_of_scaled_logit(dtype):
+    """In bfloat16 the noise is the difference of two Gumbel draws, with the same law."""
+    theta = torch.tensor([-0.02, 0.0, 0.01, 0.03], dtype=dtype).repeat_interleave(50_000).view(4, -1)
     mask = sample_masked_weight(theta, torch.ones_like(theta), 25.0, 0.05, torch.Generator().manual_seed(3)).masked
     kept = (mask > 0.5).float().mean(dim=1)
-    torch.testing.assert_close(kept, torch.sigmoid(25.0 * theta[:, 0]), atol=0.01, rtol=0)
+    torch.testing.assert_close(kept, torch.sigmoid(25.0 * theta[:, 0].float()), atol=0.01, rtol=0)
 
 
-def test_late_anneal_masks_hold_no_subnormal_numbers():
-    """At τ ≈ 0.18 and s ≈ 330 a pruned weight's σ((s·θ + L)/τ) nears float32's underflow; the
-    subnormals it would put into W ⊙ m and its gradient slow CPU matmuls about 100×."""
-    theta = torch.full((64, 512), -0.05).requires_grad_()
-    weight = torch.full((64, 512), 0.05)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_late_anneal_masks_hold_no_subnormal_numbers(dtype):
+    """At τ ≈ 0.18 and s ≈ 330 a pruned weight's σ((s·θ + L)/τ) nears float32's underflow (and
+    bfloat16's, the same range); the subnormals it would put into W ⊙ m and its gradient slow CPU
+    matmuls about 100×."""
+    theta = torch.full((64, 512), -0.05, dtype=dtype).requires_grad_()
+    weight = torch.full((64, 512), 0.05, dtype=dtype)
     masked, _, norm, _ = sample_masked_weight(theta, weight, 330.0, 0.177, torch.Generator().manual_seed(0))
     (masked.sum() + norm).backward()
     tiny = torch.finfo(torch.float32).tiny
@@ -200,7 +274,7 @@ def test_noise_depends_only_on_the_position_in_training():
 
 
 def test_schedules_hit_their_endpoints():
-    schedule = Schedule(steps=40, warmup_steps=5, tau=(4.0, 0.05), scale=(25.0, 350.0))
+    schedule = Schedule(steps=40, warmup_steps=5, tau=(4.0, 0.05), scale=(25.0, 350.0), end="last-step")
     assert schedule.tau_at(0) == 4.0 and schedule.tau_at(39) == pytest.approx(0.05)
     assert schedule.scale_at(0) == 25.0 and schedule.scale_at(39) == pytest.approx(350.0)
     taus = [schedule.tau_at(s) for s in range(40)]
@@ -208,6 +282,16 @@ def test_schedules_hit_their_endpoints():
     assert [schedule.lr_factor(s) for s in range(6)] == pytest.approx([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     assert schedule.lr_factor(39) == pytest.approx(0.5 * (1 + math.cos(math.pi * 34 / 35)))
     assert schedule.weight_reg_factor(0) == 1.0 and schedule.weight_reg_factor(39) == pytest.approx(1 / 40)
+
+
+def test_reference_schedule_follows_t_over_T_and_never_reaches_its_end():
+    """The authors' controller: start + (end − start)·t/T at step t = 0 … T − 1."""
+    schedule = Schedule(steps=4, warmup_steps=0, tau=(4.0, 0.05), scale=(25.0, 350.0), end="t/T")
+    assert [schedule.tau_at(t) for t in range(4)] == pytest.approx([4.0, 3.0125, 2.025, 1.0375])
+    assert [schedule.scale_at(t) for t in range(4)] == pytest.approx([25.0, 106.25, 187.5, 268.75])
+    assert Schedule(4, 0, (4.0, 0.05), (25.0, 350.0), "last-step").tau_at(3) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="resolve the config"):
+        Schedule(4, 0, (4.0, 0.05), (25.0, 350.0), None)
 
 
 def test_init_shifts_logits_by_three_standard_deviations_toward_the_prior():
@@ -231,6 +315,18 @@ def test_hard_topk_mask_is_exact_even_with_ties(ratio):
     assert sum(int((~k).sum()) for k in keep.values()) == prune_count(115, ratio)
     threshold = hard_masks(logits, None)
     assert all(torch.equal(threshold[n], logits[n] > 0) for n in logits)
+
+
+def test_hard_topk_of_bfloat16_logits_is_exact_and_that_of_their_float32_values():
+    """bfloat16 logits tie often; their float32 values are exact, so the selection is the float32
+    one: exact, ties dropped in matrix order, then index order."""
+    g = torch.Generator().manual_seed(0)
+    logits = {name: (0.042 * torch.randn(64, 48, generator=g)).bfloat16() for name in ("a", "b")}
+    assert sum(t.unique().numel() for t in logits.values()) < 0.5 * 2 * 64 * 48  # many ties
+    keep = hard_masks(logits, Sparsity(0.5))
+    assert sum(int((~k).sum()) for k in keep.values()) == 64 * 48
+    as_float = hard_masks({name: t.float() for name, t in logits.items()}, Sparsity(0.5))
+    assert all(torch.equal(keep[n], as_float[n]) for n in logits)
 
 
 # --------------------------------------------------------------------------- the pruner
@@ -264,6 +360,29 @@ def test_threshold_mode_reports_its_realized_sparsity():
     result = pruner.run(model, Sparsity(0.5), context())
     assert 0.4 < result.realized_sparsity < 0.6
     assert result.realized_sparsity == count_zeros(target_linears(model))[1]
+
+
+def test_reference_recipe_trains_bfloat16_logits_and_keeps_those_above_zero(monkeypatch):
+    """recipe=reference: bfloat16 θ, τ and s at t/T, and the final mask θ > 0, whose sparsity is
+    reported as realized."""
+    final = {}
+
+    def recording(logits, sparsity):
+        final.update(logits={name: theta.detach().clone() for name, theta in logits.items()}, sparsity=sparsity)
+        return hard_masks(logits, sparsity)
+
+    monkeypatch.setattr(leap_pruner, "hard_masks", recording)
+    pruner = MarkovLEAP(**SMALL, recipe="reference")
+    assert not pruner.exact_sparsity()
+    model = tiny_llama()
+    result = pruner.run(model, Sparsity(0.5), context())
+    assert final["sparsity"] is None and {theta.dtype for theta in final["logits"].values()} == {torch.bfloat16}
+    linears = target_linears(model)
+    assert all(torch.equal(linear.weight != 0, final["logits"][name] > 0) for name, linear in linears.items())
+    pruned = sum(int((theta <= 0).sum()) for theta in final["logits"].values())
+    assert result.realized_sparsity == pruned / sum(linear.weight.numel() for linear in linears.values())
+    assert 0.4 < result.realized_sparsity < 0.6 and result.stats["final_mask"] == "threshold"
+    assert [point["tau"] for point in result.stats["train_curve"]] == [round(4.0 + (0.05 - 4.0) * t / 6, 6) for t in range(6)]
 
 
 def test_prior_dense_weights_restored_and_logits_follow_the_prior():
@@ -311,18 +430,19 @@ def test_short_training_lowers_the_training_loss_below_its_prior_mask(pattern):
     assert _training_ce(models["leap"], data) < _training_ce(models["prior"], data) - 0.5
 
 
-@pytest.mark.parametrize("pattern", ["0.5", "2:4"])
-def test_interrupted_run_resumes_to_the_same_weights(tmp_path, pattern):
+@pytest.mark.parametrize("pattern,recipe", [("0.5", "paper"), ("2:4", "paper"), ("0.5", "reference")])
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, pattern, recipe):
     sparsity = Sparsity.parse(pattern)
+    settings = {**SMALL, "checkpoint_every": 2, "recipe": recipe}
     uninterrupted = tiny_llama()
-    MarkovLEAP(**SMALL, checkpoint_every=2).run(uninterrupted, sparsity, context(tmp_path / "a"))
+    MarkovLEAP(**settings).run(uninterrupted, sparsity, context(tmp_path / "a"))
     assert not (tmp_path / "a" / CHECKPOINT_FILE).exists()
 
     with pytest.raises(Interrupted):
-        InterruptedLEAP(**SMALL, checkpoint_every=2).run(tiny_llama(), sparsity, context(tmp_path / "b"))
+        InterruptedLEAP(**settings).run(tiny_llama(), sparsity, context(tmp_path / "b"))
     assert torch.load(tmp_path / "b" / CHECKPOINT_FILE, weights_only=False)["step"] == 4
     model = tiny_llama()
-    result = MarkovLEAP(**SMALL, checkpoint_every=2).run(model, sparsity, context(tmp_path / "b"))
+    result = MarkovLEAP(**settings).run(model, sparsity, context(tmp_path / "b"))
     assert result.stats["resumed_from_step"] == 4
     assert result.stats["prior_realized_sparsity"] == pytest.approx(0.5)
     for a, b in zip(target_linears(uninterrupted).values(), target_linears(model).values()):
@@ -330,9 +450,10 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, pattern):
 
 
 def train_logits(config, windows, init_seed=0, seed=0, path=None, resume=None):
-    """`train_masks` of a fresh tiny Llama with `attach`ed logits: (trained logits, curve)."""
+    """`train_masks` of a fresh tiny Llama with `attach`ed logits of the config's dtype: (trained
+    logits, curve)."""
     model = tiny_llama()
-    _, masks = attach(model, init_seed)
+    _, masks = attach(model, init_seed, config.logit_torch_dtype)
     with masks.installed():
         outcome = train_masks(model, masks, windows, config, 0.5, seed, path, resume, {"run": 1}, progress=False)
     return masks.logits, outcome.curve
@@ -345,9 +466,10 @@ def tensor_windows(config) -> tuple[torch.Tensor, object]:
     return data, lambda start, count: data[start : start + count]
 
 
-@pytest.mark.parametrize("sampling", ["sequence", "micro-batch"])
-def test_resumed_training_gives_the_same_logits(tmp_path, sampling):
-    config = LEAPConfig(**SMALL, checkpoint_every=3, sampling=sampling).resolve(torch.device("cpu"))
+@pytest.mark.parametrize("sampling,recipe", [("sequence", "paper"), ("micro-batch", "paper"), ("sequence", "reference")])
+def test_resumed_training_gives_the_same_logits(tmp_path, sampling, recipe):
+    """Bit for bit, also with the reference's bfloat16 logits and AdamW moments."""
+    config = LEAPConfig(**SMALL, checkpoint_every=3, sampling=sampling, recipe=recipe).resolve(torch.device("cpu"))
     _, source = tensor_windows(config)
     path = tmp_path / "ckpt.pt"
     logits_a, curve_a = train_logits(config, source, path=path)
@@ -355,6 +477,8 @@ def test_resumed_training_gives_the_same_logits(tmp_path, sampling):
         train_logits(config, interrupted(source, stop=4 * 2), path=path)
     resume = Checkpoint.load(path, {"run": 1})
     assert resume.step == 3
+    moments = [tensor for state in resume.optimizer["state"].values() for key, tensor in state.items() if key != "step"]
+    assert {t.dtype for t in [*resume.logits.values(), *moments]} == {config.logit_torch_dtype}
     logits_b, curve_b = train_logits(config, source, init_seed=5, path=path, resume=resume)  # all state from the checkpoint
     assert [drop_time(p) for p in curve_a] == [drop_time(p) for p in curve_b]
     assert all(torch.equal(logits_a[n], logits_b[n]) for n in logits_a)
@@ -565,8 +689,10 @@ def test_nm_is_refused_only_where_leap_cannot_give_it():
     nm = Sparsity.parse("2:4")
     LEAPPruner().check_sparsity(nm)
     LEAPPruner(final_mask="threshold").check_sparsity(Sparsity(0.5))
-    with pytest.raises(HarnessError, match="use leap.final_mask=topk"):
-        LEAPPruner(final_mask="threshold").check_sparsity(nm)
+    LEAPPruner(recipe="reference", final_mask="topk").check_sparsity(nm)
+    for refused in (LEAPPruner(final_mask="threshold"), LEAPPruner(recipe="reference")):
+        with pytest.raises(HarnessError, match="leap.final_mask=threshold cannot give N:M sparsity .* use leap.final_mask=topk"):
+            refused.check_sparsity(nm)
     with pytest.raises(HarnessError, match="leap.prior=dsnot does not support N:M"):
         LEAPPruner(prior="dsnot").check_sparsity(nm)
 
@@ -585,11 +711,33 @@ def test_config_from_the_command_line():
     config = build_config(LEAPConfig, {"steps": "10", "seqlen": "none", "autocast_bf16": "true", "final_mask": "threshold", "prior": "magnitude", "sampling": "micro-batch"}, "leap")
     assert (config.steps, config.seqlen, config.autocast_bf16, config.final_mask, config.sampling) == (10, None, True, "threshold", "micro-batch")
     assert LEAPConfig().sampling == "sequence"
-    for bad in ({"steps": "0"}, {"tau_end": "0"}, {"beta2": "1"}, {"prior": "leap"}, {"final_mask": "top"}, {"sampling": "batch"}):
+    bad_values = ({"steps": "0"}, {"tau_end": "0"}, {"beta2": "1"}, {"prior": "leap"}, {"final_mask": "top"}, {"sampling": "batch"})
+    for bad in (*bad_values, {"logit_dtype": "float16"}, {"schedule_end": "t"}):
         with pytest.raises(HarnessError):
             build_config(LEAPConfig, bad, "leap")
     with pytest.raises(HarnessError, match="unknown method"):
         build_config(LEAPConfig, {"prior": "wandaa"}, "leap")
+
+
+def test_recipes_fill_the_fields_left_unset_and_explicit_values_win():
+    cpu = torch.device("cpu")
+    paper, reference = LEAPConfig().resolve(cpu), LEAPConfig(recipe="reference").resolve(cpu)
+    assert (paper.recipe, paper.logit_dtype, paper.schedule_end, paper.final_mask) == ("paper", "float32", "last-step", "topk")
+    assert (reference.logit_dtype, reference.schedule_end, reference.final_mask) == ("bfloat16", "t/T", "threshold")
+    assert dataclasses.replace(reference, recipe="paper", **RECIPES["paper"]) == paper  # nothing else differs
+    forced = build_config(LEAPConfig, {"recipe": "reference", "final_mask": "topk", "logit_dtype": "float32"}, "leap").resolve(cpu)
+    assert (forced.logit_dtype, forced.schedule_end, forced.final_mask) == ("float32", "t/T", "topk")
+    assert LEAPConfig(recipe="reference").final_mask is None  # the original is left as it was
+    defaults = {f.name: f.default for f in dataclasses.fields(LEAPConfig)}
+    assert all(values.keys() == RECIPES["paper"].keys() for values in RECIPES.values())  # so every record names each value
+    assert all(defaults[name] is None for name in RECIPES["paper"])
+
+
+def test_unknown_recipe_is_refused_with_the_names():
+    for make in (lambda: build_config(LEAPConfig, {"recipe": "budget"}, "leap"), lambda: LEAPPruner(recipe="budget")):
+        with pytest.raises(HarnessError) as error:
+            make()
+        assert str(error.value) == "leap.recipe must be one of paper, reference; got 'budget'"
 
 
 def test_budget_resolves_by_device_and_keeps_explicit_values():

@@ -80,6 +80,26 @@ def test_two_ranks_resume_bit_for_bit(tmp_path):
     assert all(torch.equal(whole["logits"][name], resumed["logits"][name]) for name in whole["logits"])
 
 
+def _rank_disagrees(rank: int, store: str, out: str) -> None:
+    """One rank resuming from step 3, the other from scratch (it did not see the checkpoint)."""
+    from harness.distributed import world
+    from harness.errors import HarnessError
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=RANKS)
+    try:
+        world().agree(3 if rank == 0 else 0, "the step to resume from", "share the work folder", torch.device("cpu"))
+    except HarnessError as error:
+        (Path(out) / f"rank{rank}.txt").write_text(str(error))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_that_disagree_all_stop(tmp_path):
+    mp.spawn(_rank_disagrees, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=RANKS, join=True)
+    for rank in range(RANKS):
+        assert (tmp_path / f"rank{rank}.txt").read_text() == "the ranks disagree on the step to resume from (0 to 3); share the work folder"
+
+
 def _run(args: list[str], out: Path, env: dict[str, str]) -> dict:
     run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

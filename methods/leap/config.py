@@ -1,5 +1,11 @@
 """LEAP's settings: the mask-training hyperparameters (the reference's defaults), the training
-budget with its device-dependent defaults, and LEAP's own choices (prior, final mask, refit)."""
+budget with its device-dependent defaults, the named recipes, and LEAP's own choices (prior, final
+mask, refit).
+
+A recipe is a named set of values for fields the user left at None (`RECIPES`): `resolve` fills
+them in as it fills in the budget from the device, so the resolved config, which names each
+record, states every concrete value, and an explicit `--set leap.FIELD=...` wins over the recipe.
+Adding a recipe is one entry in `RECIPES`."""
 
 from __future__ import annotations
 
@@ -13,13 +19,22 @@ from harness.config import PrunerConfig
 from harness.errors import HarnessError
 from harness.registry import get_pruner
 
+# paper: the harness's LEAP (float32 logits, τ and s reaching their end values at the last step,
+# an exact global top-k). reference: the authors' code as it runs on their GPUs (bfloat16 logits
+# and noise, their controller's t/T that never reaches the end values, θ > 0): docs/leap.md, Recipes.
+RECIPES: dict[str, dict[str, str]] = {
+    "paper": {"logit_dtype": "float32", "schedule_end": "last-step", "final_mask": "topk"},
+    "reference": {"logit_dtype": "bfloat16", "schedule_end": "t/T", "final_mask": "threshold"},
+}
+
 
 @dataclass
 class MaskTrainingConfig(PrunerConfig):
     """Hyperparameters of mask learning; defaults are the reference's (Paramathic/patch, leap).
 
     The budget fields left at None are resolved by `Budget.resolve` from the device: the paper's
-    scale on CUDA, a small budget on CPU."""
+    scale on CUDA, a small budget on CPU. The fields a recipe sets, left at None, come from the
+    recipe (`with_recipe`)."""
 
     steps: int | None = None  # optimizer steps
     batch_size: int | None = None  # sequences per micro-batch
@@ -44,8 +59,15 @@ class MaskTrainingConfig(PrunerConfig):
     checkpoint_every: int = 25  # steps between checkpoints in the run's work folder; 0 = never
     autocast_bf16: bool | None = None  # None: on for CUDA, off for CPU
     grad_checkpointing: bool = False  # recompute each decoder layer in backward (large models)
+    recipe: str = "paper"  # a name in RECIPES, whose values fill the fields it names that are left at None
+    # θ's dtype, which also keeps AdamW's moments and decides the relaxed sample's arithmetic.
+    logit_dtype: Literal["float32", "bfloat16"] | None = None
+    # τ and s reach their end values at the last step, or follow the reference's t/T (never reaching them).
+    schedule_end: Literal["last-step", "t/T"] | None = None
 
     def validate(self) -> None:
+        if self.recipe not in RECIPES:
+            raise HarnessError(f"leap.recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}")
         for name in ("steps", "batch_size", "grad_accum", "seqlen"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -65,7 +87,19 @@ class MaskTrainingConfig(PrunerConfig):
     def resolve(self, device: torch.device) -> MaskTrainingConfig:
         budget = Budget.resolve(self, device)
         autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
-        return dataclasses.replace(self, **dataclasses.asdict(budget), autocast_bf16=autocast)
+        return dataclasses.replace(self.with_recipe(), **dataclasses.asdict(budget), autocast_bf16=autocast)
+
+    def with_recipe(self) -> MaskTrainingConfig:
+        """This config with its recipe's values in the fields left at None (needs no device, so
+        the pruner's checks before a run read the final mask from here)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unset = {name: value for name, value in RECIPES[self.recipe].items() if name in names and getattr(self, name) is None}
+        return dataclasses.replace(self, **unset)
+
+    @property
+    def logit_torch_dtype(self) -> torch.dtype:
+        """`logit_dtype` (the recipe's where it is unset) as a torch dtype."""
+        return getattr(torch, self.with_recipe().logit_dtype)
 
 
 @dataclass(frozen=True)
@@ -108,7 +142,7 @@ class Budget:
 @dataclass
 class LEAPConfig(MaskTrainingConfig):
     prior: str = "wanda"  # registered pruner giving the initial mask (the paper's text says magnitude)
-    final_mask: Literal["topk", "threshold"] = "topk"  # exact global top-k of θ, or θ > 0 (reference)
+    final_mask: Literal["topk", "threshold"] | None = None  # exact global top-k of θ, or θ > 0 (reference); None: the recipe's
     refit: bool = False  # re-fit the kept weights on the final mask (ADMM update, fixed mask)
     corpus: Literal["c4-local", "slimpajama"] = "c4-local"  # training text; slimpajama: the paper's, once fetched
 

@@ -3,14 +3,17 @@ warm-started from a one-shot prior, as coded in Paramathic/patch (leap branch); 
 
 Steps. (1) The prior pruner (Wanda by default; any registered method) prunes the dense model at
 the target sparsity; its keep-mask is read from the zeros it left and the dense weights are put
-back. The float32 logit buffers hold the dense weights meanwhile, so the prior costs no copy
-beyond the logits themselves. (2) θ ~ N(0, 0.014²) per matrix, shifted by ±3·std(θ) where the prior
-keeps/prunes. (3) The logits train on C4 `train` windows (disjoint from the calibration windows
-the prior used) with relaxed-Bernoulli masks (relaxed_mask.py, training.py). (4) The hard mask is an
-exact global top-k of θ at the target sparsity (`final_mask=topk`, so every method is compared at
-the same sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported),
-and W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept
-weights are then re-fitted layer by layer by ADMM's least-squares update with LEAP's mask fixed.
+back. Float32 buffers, which then become the logits, hold the dense weights meanwhile, so the
+prior costs no copy beyond the logits themselves (bfloat16 logits replace their buffer one matrix
+at a time). (2) θ ~ N(0, 0.014²) per matrix, shifted by ±3·std(θ) where the prior keeps/prunes.
+(3) The logits train on C4 `train` windows (disjoint from the calibration windows the prior used)
+with relaxed-Bernoulli masks (relaxed_mask.py, training.py). (4) The hard mask is an exact global
+top-k of θ at the target sparsity (`final_mask=topk`, so every method is compared at the same
+sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported), and
+W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept weights
+are then re-fitted layer by layer by ADMM's least-squares update with LEAP's mask fixed. The
+recipe (config.py `RECIPES`) chooses θ's dtype, the end of the τ and s schedules and the final
+mask where the user leaves them unset.
 
 A layer-wise profile (`--profile owl`) sets the prior's per-matrix targets; training and the
 final top-k stay global, so LEAP may move sparsity between layers from there.
@@ -70,16 +73,20 @@ class LEAPPruner(Pruner):
         curves = [r for r in records if (r.get("method_stats") or {}).get("train_curve")]
         return [("leap_training", "LEAP training curves", training_figure(curves))] if curves else []
 
+    def final_mask(self) -> str:
+        """`final_mask`, or the recipe's where it is unset (the checks run before `resolve`)."""
+        return self.config.with_recipe().final_mask
+
     def exact_sparsity(self) -> bool:
-        return self.config.final_mask == "topk"
+        return self.final_mask() == "topk"
 
     def check_sparsity(self, sparsity: Sparsity) -> None:
         """N:M needs the top-k final mask (θ > 0 has no group structure) and an N:M prior."""
         super().check_sparsity(sparsity)
         if not sparsity.is_nm:
             return
-        if self.config.final_mask != "topk":
-            raise HarnessError(f"leap.final_mask={self.config.final_mask} cannot give N:M sparsity ({sparsity}); use leap.final_mask=topk")
+        if self.final_mask() != "topk":
+            raise HarnessError(f"leap.final_mask={self.final_mask()} cannot give N:M sparsity ({sparsity}); use leap.final_mask=topk")
         if not get_pruner(self.config.prior).supports_nm:
             raise HarnessError(f"leap.prior={self.config.prior} does not support N:M sparsity ({sparsity}); use leap.prior=wanda")
 
@@ -136,7 +143,7 @@ class LEAPPruner(Pruner):
         if resume is None:
             logits, extra = self._logits_from_prior(model, linears, sparsity, ctx)
         else:
-            logits = {name: torch.empty(linear.weight.shape, dtype=torch.float32, device=device) for name, linear in linears.items()}
+            logits = {name: torch.empty(linear.weight.shape, dtype=cfg.logit_torch_dtype, device=device) for name, linear in linears.items()}
             extra = resume.extra
 
         masks = LearnableMasks(model, linears, logits, nm=(sparsity.n, sparsity.m) if sparsity.is_nm else None)
@@ -190,8 +197,9 @@ class LEAPPruner(Pruner):
     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Initial logits from the prior's keep-mask, plus what a resumed run needs of the prior.
 
-        The prior prunes (and may update) the weights in place; the logit buffers hold the dense
-        weights while it runs and get them back into the model before they become logits."""
+        The prior prunes (and may update) the weights in place; float32 buffers hold the dense
+        weights while it runs and get them back into the model before θ is drawn into them (into a
+        bfloat16 tensor that replaces the buffer, for bfloat16 logits)."""
         cfg = self.config
         logits = {name: linear.weight.detach().to(torch.float32, copy=True) for name, linear in linears.items()}
         result = get_pruner(cfg.prior)().run(model, sparsity, ctx)
@@ -199,9 +207,11 @@ class LEAPPruner(Pruner):
         bits = {}
         for name, linear in linears.items():
             keep = linear.weight != 0
-            linear.weight.copy_(logits[name])
+            buffer = logits[name]
+            linear.weight.copy_(buffer)
             bits[name] = pack_mask(keep)
-            init_logits(keep, cfg.init_std, cfg.prior_strength, generator, out=logits[name])
+            out = buffer if buffer.dtype == cfg.logit_torch_dtype else torch.empty_like(buffer, dtype=cfg.logit_torch_dtype)
+            logits[name] = init_logits(keep, cfg.init_std, cfg.prior_strength, generator, out=out)
         prior = {"seconds": round(result.seconds, 2), "realized_sparsity": result.realized_sparsity, "stats": result.stats}
         return logits, {"prior_bits": bits, "prior": prior}
 

@@ -1,6 +1,9 @@
 """LEAP's schedules, pure functions of the step: τ and s anneal linearly from their start values
-at step 0 to their end values at the last step; the learning rate follows HF's cosine schedule
-with linear warm-up (as the reference's Trainer); the weight-norm bonus decays as (1 − t/T)."""
+at step 0, reaching their end values at the last step (`end="last-step"`) or, as the reference's
+`TemperatureScalerController` (patch/mask_trainer.py: start + (end − start)·min(t/T, 1), its step
+counted from 0 and advanced after each optimizer step), at progress t/T, which is (T − 1)/T at the
+last step (`end="t/T"`); the learning rate follows HF's cosine schedule with linear warm-up (as the
+reference's Trainer); the weight-norm bonus decays as (1 − t/T)."""
 
 from __future__ import annotations
 
@@ -16,8 +19,15 @@ class Schedule:
     warmup_steps: int
     tau: tuple[float, float]
     scale: tuple[float, float]
+    end: str  # "last-step" or "t/T": where the linear anneal of τ and s ends
+
+    def __post_init__(self) -> None:
+        if self.end not in ("last-step", "t/T"):
+            raise ValueError(f"schedule end must be 'last-step' or 't/T', got {self.end!r} (resolve the config first)")
 
     def _progress(self, step: int) -> float:
+        if self.end == "t/T":
+            return step / self.steps
         return step / (self.steps - 1) if self.steps > 1 else 1.0
 
     def tau_at(self, step: int) -> float:

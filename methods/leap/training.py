@@ -178,7 +178,9 @@ def train_masks(
     params = masks.parameters()
     device = params[0].device
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(0.9, config.beta2), weight_decay=0.0, fused=True)
-    schedule = Schedule(budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end))
+    schedule = Schedule(
+        budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end), config.schedule_end
+    )
     start, curve, seconds_before = 0, [], 0.0
     if resume is not None:
         with torch.no_grad():
@@ -194,6 +196,9 @@ def train_masks(
             f"a LEAP step has {len(forwards)} mask sample(s) to share among {ranks.size} ranks; "
             "raise leap.grad_accum or leap.batch_size, or start fewer ranks"
         )
+    ranks.agree(start, "the step to resume from", "every rank must read rank 0's checkpoint (a shared work folder)", device)
+    with torch.no_grad():
+        ranks.share_from_main(list(masks.logits.values()))  # one starting point, whatever each rank's prior did
     begin = time.perf_counter()
     bar = tqdm(range(start, budget.steps), desc="leap", disable=not (progress and ranks.is_main), initial=start, total=budget.steps)
     with _training_mode(model, config.grad_checkpointing):
