@@ -100,14 +100,45 @@ def load_records(results_dir: pathlib.Path) -> tuple[list[dict], list[str]]:
         if problem:
             warnings.append(f"skipped {name}: {problem}")
             continue
-        key = (record["model"], row_name(record), record.get("sparsity_label", record["sparsity"]), record.get("seed"))
+        key = (record["model"], row_name(record), record.get("sparsity_label", record["sparsity"]), record.get("seed"), _config_key(record))
         if key in kept:
             older, newer = sorted([kept[key], (name, record)], key=lambda item: str(item[1].get("created", "")))
-            warnings.append(f"skipped {older[0]}: superseded by {newer[0]} (same model, method, sparsity and seed)")
+            warnings.append(f"skipped {older[0]}: superseded by {newer[0]} (same model, method, config, sparsity and seed)")
             kept[key] = newer
         else:
             kept[key] = (name, record)
     return [record for _, record in kept.values()], warnings
+
+
+def _config_key(record: dict) -> str:
+    return json.dumps(record.get("config") or {}, sort_keys=True)
+
+
+def with_variant_rows(records: list[dict]) -> list[dict]:
+    """The records, each with its report `row`: the method (`row_name`), and where one method
+    ran with several configs in the same cell (model and sparsity), the config fields that tell
+    them apart there, e.g. `leap(steps=32,lr=0.008)` beside `leap(steps=256,lr=0.001)`; a
+    method's rows are named by the same fields at every sparsity. Seeds of one config share a row."""
+    cells: dict[tuple, dict[str, dict]] = {}
+    for record in records:
+        cell = (row_name(record), record["model"], record.get("sparsity_label", record["sparsity"]))
+        cells.setdefault(cell, {})[_config_key(record)] = record.get("config") or {}
+    telling: dict[str, list[str]] = {}  # base row -> the config fields that tell its variants apart
+    for (base, *_), variants in cells.items():
+        keys = list(dict.fromkeys(key for config in variants.values() for key in config))
+        differing = [key for key in keys if len({json.dumps(config.get(key)) for config in variants.values()}) > 1]
+        telling[base] = list(dict.fromkeys([*telling.get(base, []), *differing]))
+    rows = []
+    for record in records:
+        base, config = row_name(record), record.get("config") or {}
+        fields = telling.get(base)
+        row = f"{base}(" + ",".join(f"{key}={_shown(config.get(key, '?'))}" for key in fields) + ")" if fields else base
+        rows.append({**record, "row": row})
+    return rows
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _record_problem(record: object) -> str | None:
@@ -147,7 +178,7 @@ def write_report(
     if not records:
         raise HarnessError(f"no readable records in {results_dir}/; run `harness run` first")
     warnings = [*warnings, *mixing_warnings(records)]
-    results = Results(records)
+    results = Results(with_variant_rows(records))
     if baseline not in results.methods:
         raise HarnessError(
             f"baseline method {baseline!r} has no records in {results_dir}/; "

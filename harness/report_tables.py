@@ -144,7 +144,7 @@ def _flatten(record: dict) -> tuple[CellKey, dict[str, float]]:
         for name, value in values.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    return (record["model"], label, row_name(record)), numeric
+    return (record["model"], label, record.get("row") or row_name(record)), numeric
 
 
 class Results:

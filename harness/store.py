@@ -68,5 +68,5 @@ def row_name(record: dict[str, Any]) -> str:
 
 
 def method_of_row(row: str) -> str:
-    """The registered method behind a report row (`wanda+owl` -> `wanda`)."""
-    return row.split(PROFILE_MARK, 1)[0]
+    """The registered method behind a report row (`wanda+owl` -> `wanda`, `leap(steps=32)` -> `leap`)."""
+    return re.split(r"[+(]", row, maxsplit=1)[0]

@@ -158,12 +158,29 @@ def test_a_profile_is_its_own_row(tmp_path: pathlib.Path) -> None:
     assert not any("superseded" in warning for warning in output.warnings)
 
 
+def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> None:
+    results = tmp_path / "results"
+    results.mkdir()
+    _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
+    for name, steps, lr, ppl in (("a", 32, 0.001, 52.0), ("b", 32, 0.008, 47.0), ("c", 64, 0.004, 45.0)):
+        _write_record(results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05}, metrics={"wikitext2_ppl": ppl})
+    _write_record(results, "leap-b-seed1.json", method="leap", seed=1, config={"steps": 32, "lr": 0.008, "tau_end": 0.05}, metrics={"wikitext2_ppl": 49.0})
+    output = write_report(results, tmp_path / "report", target="leap(steps=32,lr=0.008)")
+    rows = _rows(output.main_markdown)
+    assert list(rows) == [
+        ("m", "0.50", "admm"), ("m", "0.50", "leap(steps=32,lr=0.001)"), ("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)"),
+        ("m", "0.50", "leap(steps=64,lr=0.004)"),
+    ]
+    assert rows[("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)")][0].startswith("48.00")  # two seeds, one row
+    assert not any("superseded" in warning for warning in output.warnings)
+
+
 def test_rerun_supersedes_the_older_record(tmp_path: pathlib.Path) -> None:
     _write_record(tmp_path, "a.json", metrics={"wikitext2_ppl": 40.0}, created="2026-11-30T10:00:00Z")
     _write_record(tmp_path, "b.json", metrics={"wikitext2_ppl": 99.0}, created="2026-11-29T10:00:00Z")
     records, warnings = load_records(tmp_path)
     assert [r["metrics"]["wikitext2_ppl"] for r in records] == [40.0]
-    assert warnings == ["skipped b.json: superseded by a.json (same model, method, sparsity and seed)"]
+    assert warnings == ["skipped b.json: superseded by a.json (same model, method, config, sparsity and seed)"]
 
 
 def test_plots_are_valid_images(report: tuple[ReportOutput, pathlib.Path]) -> None:
