@@ -16,6 +16,8 @@ cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 OUT=${OUT:-results/gpu-check}
 "$BIN/python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device is visible: this check needs a GPU')"
+# LEAP's exact reference mode against torch's own CUDA gumbel_softmax (skipped on CPU; seconds).
+"$BIN/python" -m pytest -q -p no:cacheprovider tests/test_leap.py -k "cuda or bfloat16" | tail -3
 "$BIN/harness" run --model smollm2-135m --methods wanda,admm,leap --sparsity 0.5,0.6 --device cuda --dtype bfloat16 \
   --nsamples 128 --seqlen 2048 --ppl-seqlen 4096 --ppl-tokens all --tasks leap6 --limit all --mmlu-limit 20 \
   --set leap.steps=200 --set leap.grad_accum=8 --out "$OUT" --no-report
