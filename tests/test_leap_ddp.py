@@ -104,6 +104,7 @@ def _run(args: list[str], out: Path, env: dict[str, str]) -> dict:
     run = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     (record,) = [json.loads(path.read_text()) for path in out.rglob("*.json")]
+    assert not list(out.rglob("*.work"))  # the checkpoint folder goes with the checkpoint
     return record
 
 
