@@ -130,7 +130,7 @@ def _prune(planned: PlannedCell, settings: RunSettings, model, tokenizer, timing
     profile = _layer_profile(settings, model, ctx, cell.sparsity, timings)
     torch.manual_seed(cell.seed)
     result = pruner.run(model, cell.sparsity, ctx)
-    if ctx.workdir.is_dir() and not any(ctx.workdir.iterdir()):
+    if world().is_main and ctx.workdir.is_dir() and not any(ctx.workdir.iterdir()):
         ctx.workdir.rmdir()  # a method's checkpoints are gone once it has pruned: leave no empty folder
     timings["prune"] = result.seconds
     # Exact means every matrix drops round(numel · ratio) weights: at most half a weight per matrix below.
