@@ -125,9 +125,7 @@ def with_variant_rows(records: list[dict]) -> list[dict]:
         cells.setdefault(cell, {})[_config_key(record)] = record.get("config") or {}
     telling: dict[str, list[str]] = {}  # base row -> the config fields that tell its variants apart
     for (base, *_), variants in cells.items():
-        keys = list(dict.fromkeys(key for config in variants.values() for key in config))
-        differing = [key for key in keys if len({json.dumps(config.get(key)) for config in variants.values()}) > 1]
-        telling[base] = list(dict.fromkeys([*telling.get(base, []), *differing]))
+        telling[base] = list(dict.fromkeys([*telling.get(base, []), *_telling_fields(list(variants.values()))]))
     rows = []
     for record in records:
         base, config = row_name(record), record.get("config") or {}
@@ -135,6 +133,17 @@ def with_variant_rows(records: list[dict]) -> list[dict]:
         row = f"{base}(" + ",".join(f"{key}={_shown(config.get(key, '?'))}" for key in fields) + ")" if fields else base
         rows.append({**record, "row": row})
     return rows
+
+
+def _telling_fields(configs: list[dict]) -> list[str]:
+    """The fields whose values differ among `configs`: those every config has, when they alone
+    tell the configs apart (a field that older records lack says little), else all of them."""
+    keys = list(dict.fromkeys(key for config in configs for key in config))
+    differing = [key for key in keys if len({json.dumps(config.get(key)) for config in configs}) > 1]
+    shared = [key for key in differing if all(key in config for config in configs)]
+    if len({json.dumps([config[key] for key in shared]) for config in configs}) == len(configs):
+        return shared
+    return differing
 
 
 def _shown(value: object) -> str:

@@ -163,8 +163,11 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     results.mkdir()
     _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
     for name, steps, lr, ppl in (("a", 32, 0.001, 52.0), ("b", 32, 0.008, 47.0), ("c", 64, 0.004, 45.0)):
-        _write_record(results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05}, metrics={"wikitext2_ppl": ppl})
-    _write_record(results, "leap-b-seed1.json", method="leap", seed=1, config={"steps": 32, "lr": 0.008, "tau_end": 0.05}, metrics={"wikitext2_ppl": 49.0})
+        newer = {} if name == "a" else {"sampling": "sequence"}  # a field the oldest record lacks: not in the names
+        _write_record(results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05, **newer}, metrics={"wikitext2_ppl": ppl})
+    _write_record(
+        results, "leap-b-seed1.json", method="leap", seed=1, config={"steps": 32, "lr": 0.008, "tau_end": 0.05, "sampling": "sequence"}, metrics={"wikitext2_ppl": 49.0}
+    )
     output = write_report(results, tmp_path / "report", target="leap(steps=32,lr=0.008)")
     rows = _rows(output.main_markdown)
     assert list(rows) == [
