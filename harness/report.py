@@ -136,14 +136,15 @@ def with_variant_rows(records: list[dict]) -> list[dict]:
 
 
 def _telling_fields(configs: list[dict]) -> list[str]:
-    """The fields whose values differ among `configs`: those every config has, when they alone
-    tell the configs apart (a field that older records lack says little), else all of them."""
+    """The fields that tell `configs` apart: those with two or more values among the configs that
+    have them (a field older records lack, with one value elsewhere, says little), or, where those
+    leave two configs with one name, every field that differs."""
     keys = list(dict.fromkeys(key for config in configs for key in config))
-    differing = [key for key in keys if len({json.dumps(config.get(key)) for config in configs}) > 1]
-    shared = [key for key in differing if all(key in config for config in configs)]
-    if len({json.dumps([config[key] for key in shared]) for config in configs}) == len(configs):
-        return shared
-    return differing
+    varied = [key for key in keys if len({json.dumps(config[key]) for config in configs if key in config}) > 1]
+    names = {json.dumps([config.get(key, "?") for key in varied]) for config in configs}
+    if len(names) == len(configs):
+        return varied
+    return [key for key in keys if len({json.dumps(config.get(key)) for config in configs}) > 1]
 
 
 def _shown(value: object) -> str:
