@@ -104,7 +104,7 @@ def summary_table(records: list[dict]) -> str:
 
 
 def _report(
-    results: Path, out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool, records: list[dict] | None = None
+    results: Path | list[Path], out: Path, baseline: str, target: str, formats: tuple[str, ...], stderr: bool, records: list[dict] | None = None
 ) -> None:
     from harness.report import write_report
 
@@ -117,17 +117,20 @@ def _report(
 
 
 @cli.command()
-@click.argument("results_dir", type=click.Path(path_type=Path), default=Path("results"))
+@click.argument("results_dirs", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--baseline", default=DEFAULT_BASELINE, show_default=True, help="Method the deltas are taken against.")
 @click.option("--target", default=DEFAULT_TARGET, show_default=True, help="Method whose deltas vs the baseline are summarized.")
 @click.option("--format", "formats", default="md,latex", show_default=True, help="Comma list: md, latex.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("reports") / "latest", show_default=True, help="Output folder.")
 @click.option("--stderr", is_flag=True, help="Also write the standard errors of every accuracy.")
-def report(results_dir: Path, baseline: str, target: str, formats: str, out: Path, stderr: bool) -> None:
-    """Tables (Markdown, LaTeX), deltas, significance and plots from the records in RESULTS_DIR."""
-    if not results_dir.is_dir():
-        raise HarnessError(f"results folder {results_dir} does not exist; run `harness run` first or pass the folder")
-    _report(results_dir, out, baseline, target, tuple(_split(formats)), stderr)
+def report(results_dirs: tuple[Path, ...], baseline: str, target: str, formats: str, out: Path, stderr: bool) -> None:
+    """Tables (Markdown, LaTeX), deltas, significance and plots from the records in RESULTS_DIRS
+    (one folder or several, e.g. a study beside the runs it is paired with; default: results)."""
+    folders = list(results_dirs) or [Path("results")]
+    for folder in folders:
+        if not folder.is_dir():
+            raise HarnessError(f"results folder {folder} does not exist; run `harness run` first or pass the folder")
+    _report(folders, out, baseline, target, tuple(_split(formats)), stderr)
 
 
 @cli.command(name="list")

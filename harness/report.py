@@ -81,16 +81,18 @@ class ReportOutput:
     warnings: list[str]  # e.g. skipped unreadable records
 
 
-def load_records(results_dir: pathlib.Path) -> tuple[list[dict], list[str]]:
-    """Every readable record under `results_dir`, and a warning naming each file left out.
+def load_records(*results_dirs: pathlib.Path) -> tuple[list[dict], list[str]]:
+    """Every readable record under the `results_dirs`, and a warning naming each file left out
+    (relative to its folder, which is named too when there are several).
 
     A file is left out when it is not a JSON record, or when a later record (by `created`)
-    holds the same model, method, sparsity and seed: a rerun supersedes, it is not a new seed.
+    holds the same model, method, config, sparsity and seed: a rerun supersedes, it is not a new seed.
     """
     kept: dict[tuple, tuple[pathlib.PurePath, dict]] = {}
     warnings: list[str] = []
-    for path in sorted(results_dir.rglob("*.json")):
-        name = path.relative_to(results_dir)
+    paths = [(folder, path) for folder in results_dirs for path in sorted(folder.rglob("*.json"))]
+    for folder, path in paths:
+        name = path.relative_to(folder if len(results_dirs) == 1 else folder.parent)
         try:
             record = json.loads(path.read_text())
         except (OSError, ValueError) as error:
@@ -165,7 +167,7 @@ def _record_problem(record: object) -> str | None:
 
 
 def write_report(
-    results_dir: pathlib.Path,
+    results_dir: pathlib.Path | Sequence[pathlib.Path],
     out_dir: pathlib.Path,
     *,
     baseline: str = DEFAULT_BASELINE,
@@ -176,22 +178,25 @@ def write_report(
     command: str | None = None,
     records: list[dict] | None = None,
 ) -> ReportOutput:
-    """Write the report of every record under `results_dir` (or of `records`, e.g. one sweep's)
-    into `out_dir`; `command`, the command line that made it, is quoted in the folder's README.md.
+    """Write the report of every record under `results_dir` (one folder or several; or of
+    `records`, e.g. one sweep's) into `out_dir`; `command`, the command line that made it, is
+    quoted in the folder's README.md.
 
     Raises HarnessError for an unknown format, no readable record, or a baseline without records.
     """
     unknown = [name for name in formats if name not in SUFFIXES]
     if unknown:
         raise HarnessError(f"unknown report format {unknown[0]!r}; choose from {', '.join(SUFFIXES)}")
-    records, warnings = load_records(results_dir) if records is None else (records, [])
+    folders = [results_dir] if isinstance(results_dir, pathlib.Path) else list(results_dir)
+    where = ", ".join(f"{folder}/" for folder in folders)
+    records, warnings = load_records(*folders) if records is None else (records, [])
     if not records:
-        raise HarnessError(f"no readable records in {results_dir}/; run `harness run` first")
+        raise HarnessError(f"no readable records in {where}; run `harness run` first")
     warnings = [*warnings, *mixing_warnings(records)]
     results = Results(with_variant_rows(records))
     if baseline not in results.methods:
         raise HarnessError(
-            f"baseline method {baseline!r} has no records in {results_dir}/; "
+            f"baseline method {baseline!r} has no records in {where}; "
             f"pass --baseline with one of: {', '.join(results.methods)}"
         )
     tables = _tables(results, baseline, target, stderr, warnings)
@@ -209,7 +214,7 @@ def write_report(
         descriptions.update(plot_descriptions)
     main_markdown = render_markdown(tables["main"])
     readme = out_dir / "README.md"
-    readme.write_text(_index(results_dir, len(records), baseline, target, files, descriptions, warnings, main_markdown, command))
+    readme.write_text(_index(folders, len(records), baseline, target, files, descriptions, warnings, main_markdown, command))
     return ReportOutput([*files, readme], main_markdown, warnings)
 
 
@@ -316,7 +321,7 @@ def render_latex(table: Table) -> str:
 
 
 def _index(
-    results_dir: pathlib.Path,
+    folders: list[pathlib.Path],
     n_records: int,
     baseline: str,
     target: str,
@@ -333,7 +338,7 @@ def _index(
     lines = [
         "# Pruning report",
         "",
-        f"{n_records} records from `{results_dir}`; baseline: **{baseline}**; target: **{target}**.",
+        f"{n_records} records from {', '.join(f'`{folder}`' for folder in folders)}; baseline: **{baseline}**; target: **{target}**.",
         "",
         *([f"Made with `{command}`.", ""] if command else []),
         "| Contents | Files |",

@@ -178,6 +178,15 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     assert not any("superseded" in warning for warning in output.warnings)
 
 
+def test_report_of_several_folders(tmp_path: pathlib.Path) -> None:
+    for folder, method, ppl in (("paired", "admm", 40.0), ("study", "leap", 38.0)):
+        (tmp_path / folder).mkdir()
+        _write_record(tmp_path / folder, f"{method}.json", method=method, metrics={"wikitext2_ppl": ppl})
+    output = write_report([tmp_path / "paired", tmp_path / "study"], tmp_path / "report")
+    assert set(_rows(output.main_markdown)) == {("m", "0.50", "admm"), ("m", "0.50", "leap")}
+    assert f"2 records from `{tmp_path / 'paired'}`, `{tmp_path / 'study'}`" in (tmp_path / "report" / "README.md").read_text()
+
+
 def test_rerun_supersedes_the_older_record(tmp_path: pathlib.Path) -> None:
     _write_record(tmp_path, "a.json", metrics={"wikitext2_ppl": 40.0}, created="2026-11-30T10:00:00Z")
     _write_record(tmp_path, "b.json", metrics={"wikitext2_ppl": 99.0}, created="2026-11-29T10:00:00Z")
