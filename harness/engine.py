@@ -186,7 +186,7 @@ class LayerwiseConfig(PrunerConfig):
 
 
 @contextmanager
-def ieee_float32() -> Iterator[None]:
+def _ieee_float32() -> Iterator[None]:
     """Full float32 matmuls (no TF32), as the reference implementations require."""
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
@@ -216,7 +216,7 @@ def prune_layerwise(
     engine = LayerwiseEngine(model, calibration, config.batch_size, config.offload, progress)
     per_layer = targets_per_layer(engine.layers, linears)
     accumulate_seconds = prune_seconds = 0.0
-    with ieee_float32():
+    with _ieee_float32():
         for index, layer in engine.steps(max(per_layer) + 1):
             layer_linears = per_layer.get(index)
             if not layer_linears:
@@ -227,7 +227,7 @@ def prune_layerwise(
             accumulate_seconds += statistics.seconds
             for name, linear in layer_linears.items():
                 if name not in statistics.stats:
-                    raise HarnessError(f"{name} received no calibration input; exclude it with --target")
+                    raise HarnessError(f"{name} received no calibration input; exclude it with --targets")
                 device = linear.weight.device
                 _sync(device)
                 start = time.perf_counter()

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.accumulators import InputNormAccumulator, InputStatistics
-from harness.engine import LayerwiseEngine, ieee_float32, targets_per_layer
+from harness.accumulators import InputNormAccumulator
+from harness.engine import LayerwiseConfig, prune_layerwise, targets_per_layer
 from harness.errors import HarnessError
 from harness.masks import prune_count
 from harness.sparsity import UNIFORM, Sparsity
@@ -101,27 +101,28 @@ class LayerProfile:
 
 @torch.no_grad()
 def layer_outlier_ratios(
-    model: nn.Module, linears: dict[str, nn.Linear], calibration: torch.Tensor, m: float, batch_size: int = 8, progress: bool = False
+    model: nn.Module, per_layer: dict[int, dict[str, nn.Linear]], calibration: torch.Tensor, m: float, batch_size: int = 8, progress: bool = False
 ) -> dict[int, float]:
-    """OWL's outlier ratio of every decoder layer that holds targeted linears, on the dense model:
-    calibration inputs propagated through the unpruned layers."""
-    engine = LayerwiseEngine(model, calibration, batch_size, offload=True, progress=progress)
-    per_layer = targets_per_layer(engine.layers, linears)
+    """OWL's outlier ratio of every decoder layer in `per_layer` (its targeted linears), on the
+    dense model: the shared layer-wise loop with a step that scores each linear and leaves its
+    weight as it is, so the calibration inputs pass through unpruned layers. A layer's scores
+    are held only until its last linear is scored."""
+    owner = {name: index for index, linears in per_layer.items() for name in linears}
+    pending: dict[int, list[torch.Tensor]] = {}
     ratios: dict[int, float] = {}
-    with ieee_float32():
-        for index, _ in engine.steps(max(per_layer) + 1):
-            layer_linears = per_layer.get(index)
-            if not layer_linears:
-                continue
-            statistics = InputStatistics(layer_linears, lambda linear: InputNormAccumulator(linear.in_features, linear.weight.device))
-            with statistics.hooked():
-                engine.forward(index)
-            scores = []
-            for name, linear in layer_linears.items():
-                if name not in statistics.stats:
-                    raise HarnessError(f"{name} received no calibration input; exclude it with --targets")
-                scores.append((linear.weight.float().abs() * statistics.stats[name].norms()[None, :]).flatten().cpu())
-            ratios[index] = outlier_ratio(torch.cat(scores), m)
+
+    def score(name: str, weight: torch.Tensor, stats: InputNormAccumulator) -> torch.Tensor:
+        index = owner[name]
+        pending.setdefault(index, []).append((weight.abs() * stats.norms()[None, :]).flatten().cpu())
+        if len(pending[index]) == len(per_layer[index]):
+            ratios[index] = outlier_ratio(torch.cat(pending.pop(index)), m)
+        return weight
+
+    def accumulator(linear: nn.Linear) -> InputNormAccumulator:
+        return InputNormAccumulator(linear.in_features, linear.weight.device)
+
+    linears = {name: linear for group in per_layer.values() for name, linear in group.items()}
+    prune_layerwise(model, linears, calibration, accumulator, score, LayerwiseConfig(batch_size=batch_size), progress)
     return ratios
 
 
@@ -131,8 +132,8 @@ def owl_profile(
 ) -> LayerProfile:
     """OWL's per-matrix sparsities for `linears` of the dense `model` at `sparsity`."""
     start = time.perf_counter()
-    ratios = layer_outlier_ratios(model, linears, calibration, settings.owl_m, batch_size, progress)
-    per_layer = targets_per_layer(decoder_layers(model), linears)  # the grouping the ratios were taken over
+    per_layer = targets_per_layer(decoder_layers(model), linears)
+    ratios = layer_outlier_ratios(model, per_layer, calibration, settings.owl_m, batch_size, progress)
     layers = sorted(ratios)
     sizes = [sum(linear.weight.numel() for linear in per_layer[index].values()) for index in layers]
     layer_sparsity = owl_layer_sparsities([ratios[index] for index in layers], sparsity.ratio, settings.owl_lambda, sizes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from harness.pruner import Pruner
 from tests.conftest import tiny_llama
 
 CORPUS = [
@@ -12,6 +13,17 @@ CORPUS = [
     "Pruning removes weights from a neural network while keeping its accuracy.",
     "Robert Boulter is an English film, television and theatre actor.",
 ]
+
+
+class InertPruner(Pruner):
+    """A pruner with none of the optional capabilities (no N:M, no profile) that changes
+    nothing: for the refusals the base class makes before `prune` runs."""
+
+    name = "inert"
+    needs_calibration = False
+
+    def prune(self, model, sparsity, ctx):
+        return {}
 
 
 def tiny_model_folder(root: Path, seed: int = 0) -> Path:

@@ -19,6 +19,7 @@ from harness.pruner import PruneContext, Pruner
 from harness.registry import PRUNERS, Registry, get_pruner
 from harness.sparsity import Sparsity
 from harness.targets import count_zeros, target_linears
+from tests.helpers import InertPruner
 
 
 @pytest.mark.parametrize("text,ratio,nm", [("0.5", 0.5, (0, 0)), ("0.6", 0.6, (0, 0)), ("2:4", 0.5, (2, 4)), ("4:8", 0.5, (4, 8)), ("0", 0.0, (0, 0))])
@@ -195,15 +196,8 @@ def test_masks_are_deterministic():
 
 
 def test_method_without_nm_support_says_so(tiny_model):
-    class NoNM(Pruner):
-        name = "nonm"
-        needs_calibration = False
-
-        def prune(self, model, sparsity, ctx):
-            return {}
-
     with pytest.raises(HarnessError, match="does not support N:M"):
-        NoNM().run(tiny_model, Sparsity.parse("2:4"), PruneContext())
+        InertPruner().run(tiny_model, Sparsity.parse("2:4"), PruneContext())
 
 
 def test_count_zeros(tiny_model):

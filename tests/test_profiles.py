@@ -16,7 +16,7 @@ from harness.settings import RunSettings
 from harness.sparsity import Sparsity
 from harness.targets import decoder_layers, target_linears
 from tests.conftest import tiny_llama
-from tests.helpers import run_cli, tiny_model_folder
+from tests.helpers import InertPruner, run_cli, tiny_model_folder
 
 OWL = ProfileSettings("owl", 0.08, 5.0)
 
@@ -179,17 +179,8 @@ def test_run_with_owl_reports_against_the_owl_baseline(monkeypatch, capsys, mode
 
 
 def test_a_pruner_without_profiles_refuses_per_matrix_targets() -> None:
-    from harness.pruner import Pruner
-
-    class Plain(Pruner):
-        name = "plain"
-        needs_calibration = False
-
-        def prune(self, model, sparsity, ctx):
-            return {}
-
     with pytest.raises(Exception, match="does not follow per-matrix targets"):
-        Plain().run(tiny_llama(), Sparsity(0.5), PruneContext(matrix_sparsity={}))
+        InertPruner().run(tiny_llama(), Sparsity(0.5), PruneContext(matrix_sparsity={}))
 
 
 def test_owl_refuses_a_layer_pushed_past_dense() -> None:
