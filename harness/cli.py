@@ -56,6 +56,8 @@ def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
     values = load_sweep(config_file) if config_file is not None else {}
     overrides = values.pop("overrides", {})
     values.update({name: value for name, value in given.items() if value is not None})
+    # --methods may narrow a sweep file's methods; the file's options of the dropped ones lapse
+    overrides = {method: fields for method, fields in overrides.items() if method in values.get("methods", overrides)}
     for method, fields in _parse_sets(sets).items():
         overrides.setdefault(method, {}).update(fields)
     settings = RunSettings(**values, overrides=overrides)

@@ -163,6 +163,20 @@ def test_bad_input_gives_one_line_error(monkeypatch, capsys, tmp_path, args, nee
     assert needle in err
 
 
+def test_methods_flag_narrows_a_sweep_files_methods(monkeypatch, capsys, tmp_path, model_dir, data_dir):
+    """The file's options of a method the command line drops lapse; `--set` of one still errors."""
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("methods:\n  magnitude: {scope: row}\n  leap: {steps: 3}\n")
+    common = ("--model", model_dir, "--out", str(tmp_path / "res"), "--tasks", "none", "--sparsity", "0.5", "--no-dense",
+              "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "512", "--device", "cpu", "--dtype", "float32", "--no-report")
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--config", str(sweep), "--methods", "magnitude", *common)
+    assert code == 0, err
+    (record,) = [json.loads(path.read_text()) for path in (tmp_path / "res").rglob("*.json")]
+    assert record["method"] == "magnitude" and record["config"]["scope"] == "row"
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--config", str(sweep), "--methods", "magnitude", "--set", "leap.steps=4", *common)
+    assert code == 2 and "not in --methods: leap" in err
+
+
 def test_missing_data_dir_is_a_clear_error(monkeypatch, capsys, tmp_path, model_dir):
     code, _, err = run_cli(monkeypatch, capsys, "run", "--model", model_dir, "--out", str(tmp_path), "--tasks", "none", "--data-dir", str(tmp_path / "nowhere"), "--device", "cpu")
     assert code == 2 and "missing data file" in err and "--data-dir" in err and err.count("\n") == 1
