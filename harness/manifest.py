@@ -23,8 +23,16 @@ MANIFEST_FILE = "MANIFEST.json"
 FETCHED_MANIFEST_FILE = "MANIFEST.fetched.json"
 """Entries of files `harness data fetch` added to a root: kept apart, so that fetching into the
 project's `data/` changes no tracked file (git ignores both the file and the fetched data)."""
-PROJECT_DATA = Path(__file__).resolve().parent.parent / "data"
-"""The project's own data root: `data/` of the repository (what `make run` and the tests read)."""
+def _project_data() -> Path:
+    """`data/` of the repository in a checkout (and an editable install); in an installed wheel,
+    the same files packaged as `harness/project_data`."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "data"
+    return checkout if (package.parent / "pyproject.toml").is_file() and (checkout / MANIFEST_FILE).is_file() else package / "project_data"
+
+
+PROJECT_DATA = _project_data()
+"""The project's own data root (what `make run` and the tests read)."""
 
 
 @dataclass(frozen=True)

@@ -144,18 +144,33 @@ def test_hellaswag_conversion_feeds_lm_evals_own_processing(tmp_path):
 
 @pytest.mark.slow
 def test_a_fresh_clone_runs_from_its_own_data(tmp_path):
-    """Clone into an empty folder with no ../shared anywhere and run a small sweep there."""
+    """Clone into an empty folder with no ../shared anywhere, install the clone (not editable, so
+    its code, its methods and its data are the wheel's alone) and run a small sweep from a folder
+    outside it."""
     clone = tmp_path / "empty" / "leap-harness"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True)
     assert not (clone.parent.parent / "shared").exists() and not (clone.parent / "shared").exists()
-    model = tiny_model_folder(tmp_path / "tiny")
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(clone)],
+                   check=True, capture_output=True)
+    shutil.rmtree(clone)
+    work = tmp_path / "work"
+    work.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_DIR", "PYTHONPATH")}
-    env["HARNESS_CACHE_DIR"] = str(tmp_path / "cache")
-    command = [sys.executable, "-m", "harness.cli", "run", "--model", str(model), "--methods", "wanda", "--tasks", "piqa", "--limit", "3",
+    env.update(PYTHONPATH=str(site), HARNESS_CACHE_DIR=str(tmp_path / "cache"))
+    where = subprocess.run([sys.executable, "-c", "import harness.methods.wanda as w, harness.manifest as m; print(w.__file__); print(m.PROJECT_DATA)"],
+                           cwd=work, env=env, capture_output=True, text=True, check=True).stdout.split()
+    assert all(Path(path).is_relative_to(site) for path in where), where
+    packaged = Path(where[1])
+    shipped = {path.relative_to(packaged).as_posix() for path in packaged.rglob("*") if path.is_file() and path.suffix != ".md"}
+    assert shipped == {MANIFEST_FILE} | set(read_manifest(PROJECT_DATA))
+    assert all(problem is None for _, problem in verify_folder(packaged))
+    model = tiny_model_folder(tmp_path / "tiny")
+    command = [sys.executable, "-m", "harness", "run", "--model", str(model), "--methods", "wanda", "--tasks", "piqa", "--limit", "3",
                "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "256", "--device", "cpu", "--no-report", "--out", "res"]
-    done = subprocess.run(command, cwd=clone, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    records = [json.loads(path.read_text()) for path in (clone / "res").rglob("*.json")]
+    records = [json.loads(path.read_text()) for path in (work / "res").rglob("*.json")]
     assert sorted(r["method"] for r in records) == ["dense", "wanda"]
     assert all(r["evaluation"]["n_items"]["piqa"] == 3 for r in records)
 
