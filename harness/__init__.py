@@ -7,7 +7,8 @@ The plugin API: everything a third-party pruner needs, importable from `harness`
 A one-shot method subclasses `Pruner` (see its contract) and registers by an entry point in the
 `harness.pruners` group; a layer-wise method subclasses `LayerwisePruner` and supplies an
 accumulator (`InputNormAccumulator`, `GramAccumulator` or its own `Accumulator`) and the
-one-matrix prune. Names load lazily, so `import harness` stays cheap."""
+one-matrix prune. A data-parallel method shares its work over torchrun's ranks with `world()`.
+Names load lazily, so `import harness` stays cheap."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ _EXPORTS = {
     "register_pruner": "harness.registry",
     "get_pruner": "harness.registry",
     "HarnessError": "harness.errors",
+    "World": "harness.distributed",
+    "world": "harness.distributed",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -19,20 +19,26 @@ from torch import nn
 
 
 class Accumulator(abc.ABC):
-    """Running statistic of the inputs seen by one linear layer (or several sharing its input)."""
+    """Running statistic of the inputs seen by one linear layer (or several sharing its input).
+
+    Contract for a plugin's own statistic: subclass and implement `fold`; keep the state as
+    tensors on the device given to the constructor (the layer's), so the engine never moves them;
+    make the statistic a sum over tokens (or otherwise independent of how the engine splits the
+    calibration windows into batches). The engine calls `add` once per hooked forward and hands
+    the accumulator, finished, to the method's one-matrix prune."""
 
     def __init__(self) -> None:
         self.tokens = 0
 
     def add(self, inputs: torch.Tensor) -> None:
-        """Fold in a batch of inputs of shape [..., in_features]."""
+        """Fold in a batch of inputs of shape [..., in_features]; counts its tokens."""
         x = inputs.reshape(-1, inputs.shape[-1]).float()
         self.tokens += x.shape[0]
-        self._add(x)
+        self.fold(x)
 
     @abc.abstractmethod
-    def _add(self, x: torch.Tensor) -> None:
-        """Fold in float32 inputs of shape [tokens, in_features]."""
+    def fold(self, x: torch.Tensor) -> None:
+        """Fold in float32 inputs of shape [tokens, in_features] (the inputs are not kept)."""
 
 
 class InputNormAccumulator(Accumulator):
@@ -42,7 +48,7 @@ class InputNormAccumulator(Accumulator):
         super().__init__()
         self.sq_sum = torch.zeros(in_features, dtype=torch.float32, device=device)
 
-    def _add(self, x: torch.Tensor) -> None:
+    def fold(self, x: torch.Tensor) -> None:
         self.sq_sum += x.square().sum(dim=0)
 
     def norms(self) -> torch.Tensor:
@@ -56,7 +62,7 @@ class GramAccumulator(Accumulator):
         super().__init__()
         self.gram = torch.zeros(in_features, in_features, dtype=torch.float32, device=device)
 
-    def _add(self, x: torch.Tensor) -> None:
+    def fold(self, x: torch.Tensor) -> None:
         self.gram.addmm_(x.T, x)
 
 

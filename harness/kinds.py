@@ -71,8 +71,8 @@ class Sparsities(Kind):
             raise ValueError(f"is empty; it takes {self.takes}")
         try:
             specs = [item if isinstance(item, Sparsity) else Sparsity.parse(item) for item in items]
-        except HarnessError as error:
-            raise ValueError(str(error)) from None
+        except HarnessError as error:  # the flag or key names the setting: "--sparsity 1.2 is outside ..."
+            raise ValueError(str(error).removeprefix("sparsity ")) from None
         return tuple(dict.fromkeys(specs))
 
 

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import PrunerConfig, build_config, stable_hash
-from harness.data import calibration_file, data_file
+from harness.data import calibration_file, data_file, data_root
 from harness.errors import HarnessError
 from harness.layout import HELLASWAG_FULL_FILE, WIKITEXT2_FILE
+from harness.manifest import manifest_for
 from harness.models import check_model_spec
 from harness.registry import get_pruner
 from harness.settings import DENSE, SETTINGS, RunSettings
@@ -171,8 +172,8 @@ def plan_cells(settings: RunSettings) -> list[PlannedCell]:
 
 
 def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
-    """Fail before any model loads when the device, a model or a data file the sweep needs is
-    not there."""
+    """Fail before any model loads when the device, a model or a data file the sweep needs (the
+    tasks' files included) is not there or does not match its manifest."""
     import torch
 
     if settings.on_gpu and not torch.cuda.is_available():
@@ -182,7 +183,8 @@ def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
     data_file(settings.data_dir, WIKITEXT2_FILE)
     if "hellaswag" in settings.tasks and settings.hellaswag == "full":
         data_file(settings.data_dir, HELLASWAG_FULL_FILE)
-    needed = set()
+    entries, _ = manifest_for(data_root(settings.data_dir))  # a task's files sit in the folder of its name
+    needed = {path for path in entries for task in settings.tasks if path.startswith(f"{task}/") and path != HELLASWAG_FULL_FILE}
     for planned in cells:
         if planned.config is not None:
             pruner = get_pruner(planned.cell.method)

@@ -71,7 +71,7 @@ class Pruner(abc.ABC):
     front), `needs_calibration` (gets `ctx.calibration`, C4 token ids [nsamples, seqlen]), and
     `honours_profile` (prunes each matrix to `ctx.sparsity_of(name, sparsity)`, so `--profile
     owl` applies; otherwise the run refuses the profile for it), `data_parallel` (under torchrun
-    its cells run on every rank and `prune` shares the work through `harness.distributed`;
+    its cells run on every rank and `prune` shares the work through `harness.world()`;
     otherwise rank 0 runs them alone), and for the report
     `report_rank` (position of its rows: the papers' order magnitude 10, wanda 20, sparsegpt 30,
     admm 40, leap 50; plugins 100, ties alphabetical) and `cost_stats`."""

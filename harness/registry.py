@@ -65,8 +65,16 @@ class Registry:
 
 
 PRUNERS = Registry(ENTRY_POINT_GROUP)
-register_pruner = PRUNERS.register
+
+
+def register_pruner(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator registering a pruner in this process under `name` (a script or a test;
+    an installable plugin uses an entry point in the `harness.pruners` group instead). A name
+    taken by another class is refused."""
+    return PRUNERS.register(name)
 
 
 def get_pruner(name: str) -> type[Pruner]:
+    """The pruner class registered as `name`, its entry point loaded on first use. An unknown
+    name is a HarnessError listing the available ones, with the closest as a suggestion."""
     return PRUNERS.get(name)

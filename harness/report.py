@@ -39,7 +39,7 @@ DESCRIPTIONS = {
     "deltas": "Target vs baseline per model × sparsity, and the mean delta",
     "per_task": "Per-task accuracy and normalised accuracy",
     "stderr": "Standard errors of the task accuracies",
-    "cost": "Pruning cost: time per phase, peak memory, LEAP tokens trained",
+    "cost": "Pruning cost: time per phase, peak memory, and each method's own cost columns (e.g. tokens trained)",
     "significance": "Paired bootstrap per task and on the average, vs the baseline",
     "perplexity": "Paired perplexity ratios vs the baseline and dense, with intervals over windows",
     "fidelity": "Fidelity to the dense model: KL divergence and top-1 agreement, with intervals",

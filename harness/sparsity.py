@@ -15,7 +15,13 @@ PROFILES = (UNIFORM, OWL)
 
 @dataclass(frozen=True)
 class Sparsity:
-    """Target sparsity. `ratio` is the fraction of zeros; for N:M it is 1 - n/m."""
+    """Target sparsity. `ratio` is the fraction of zeros; for N:M it is 1 - n/m.
+
+    What a pruner must meet: unstructured, exactly `prune_count(numel, ratio)` zeros in every
+    matrix it prunes (or in all of them together, for a method that allocates globally); N:M,
+    at least M − N zeros in every group of M consecutive weights along the input dimension. The
+    harness counts the zeros after every cell. Values compare and hash exactly, and `label()`
+    round-trips through `parse`."""
 
     ratio: float
     n: int = 0

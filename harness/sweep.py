@@ -5,6 +5,7 @@ file, line and key."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,22 @@ from harness.registry import get_pruner
 from harness.settings import DENSE, SWEEP_KEYS, accept
 
 
+class _SweepLoader(yaml.SafeLoader):
+    """YAML without base-60 integers: an unquoted `2:4` is the N:M pattern '2:4', not 124."""
+
+
+_SweepLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SweepLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$"), list("-+0123456789"))
+
+
 def load_sweep(path: Path) -> dict[str, Any]:
     """Typed settings from a sweep file, keyed by RunSettings field (`overrides` included)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
-        root = yaml.compose(text)
+        root = yaml.compose(text, Loader=_SweepLoader)
     except OSError as error:
         raise HarnessError(f"cannot read sweep file {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
@@ -31,7 +43,7 @@ def load_sweep(path: Path) -> dict[str, Any]:
     for key_node, value_node in root.value:
         key = key_node.value
         line = key_node.start_mark.line + 1
-        value = yaml.safe_load(yaml.serialize(value_node))
+        value = yaml.load(yaml.serialize(value_node), Loader=_SweepLoader)
         if key == "methods":
             settings["methods"], settings["overrides"] = _methods(value, path, value_node)
             continue

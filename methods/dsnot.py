@@ -68,9 +68,9 @@ class SequenceStatistics(Accumulator):
         x = x.reshape(-1, x.shape[-2], x.shape[-1]) if x.dim() >= 3 else x[None]
         self.sequences += x.shape[0]
         self.tokens += x.shape[0] * x.shape[1]
-        self._add(x)
+        self.fold(x)
 
-    def _add(self, x: torch.Tensor) -> None:  # x: [sequences, tokens, in]
+    def fold(self, x: torch.Tensor) -> None:  # x: [sequences, tokens, in]
         self.sq_sum += x.square().sum(dim=(0, 1))
         self.sum += x.sum(dim=(0, 1))
         self.var_sum += x.var(dim=1, unbiased=False).sum(dim=0) * x.shape[1]

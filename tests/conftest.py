@@ -8,11 +8,13 @@ import os
 # No hub is reachable here: fail a hub lookup at once instead of after network retries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The tests read the project's own data, whatever data folder the shell points at.
+os.environ.pop("HARNESS_DATA_DIR", None)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from harness.data import default_data_dir  # noqa: E402
+from harness.manifest import PROJECT_DATA  # noqa: E402
 
 
 # Shared by the tiny configs: small enough for milliseconds per forward, with grouped-query attention.
@@ -61,7 +63,7 @@ def tiny_gemma():
 @pytest.fixture(scope="session")
 def data_dir():
     """The project's own data (data/, verified by its manifest): the tests never skip for want of it."""
-    return default_data_dir()
+    return PROJECT_DATA
 
 
 @pytest.fixture(scope="session")

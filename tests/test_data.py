@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_project_ships_its_data_and_it_matches_the_manifest():
-    assert default_data_dir() == PROJECT_DATA or "HARNESS_DATA_DIR" in os.environ
+    assert default_data_dir() == PROJECT_DATA
     results = verify_folder(PROJECT_DATA)
     assert len(results) >= 120 and all(why is None for _, why in results), [(e.path, w) for e, w in results if w]
     entries = read_manifest(PROJECT_DATA)
@@ -51,6 +51,17 @@ def test_a_corrupted_file_is_refused_with_one_line(copy_root):
         data_file(copy_root, "piqa/valid-labels.lst")
     message = str(info.value)
     assert "\n" not in message and "piqa/valid-labels.lst" in message and "sha256" in message and "--data-dir" in message
+
+
+def test_a_corrupted_task_file_stops_the_run_before_any_model_loads(copy_root, monkeypatch, capsys, tmp_path):
+    path = copy_root / "winogrande" / "winogrande_xl_validation.jsonl"
+    path.write_bytes(path.read_bytes()[:-10])
+    model = tiny_model_folder(tmp_path / "tiny")
+    capsys.readouterr()
+    code, _, err = run_cli(monkeypatch, capsys, "run", "--model", str(model), "--data-dir", str(copy_root), "--tasks", "winogrande",
+                           "--out", str(tmp_path / "res"), "--device", "cpu")
+    assert code == 2 and err.count("\n") == 1 and "winogrande/winogrande_xl_validation.jsonl" in err
+    assert not (tmp_path / "res").exists()
 
 
 def test_a_truncated_file_is_refused(copy_root):

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -391,3 +392,25 @@ def test_verdict_names_the_metrics_and_splits_when_they_disagree() -> None:
     assert verdict(results, "m", "0.50", "leap", "admm") == "split: perplexity for admm; accuracy for leap"
     results = Results([record("admm", base + 10, 50), record("leap", base, 90)])
     assert verdict(results, "m", "0.50", "leap", "admm") == "decided for leap (by perplexity, accuracy)"
+
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+COMMITTED_REPORTS = sorted(path.parent for path in (REPO / "reports").glob("*/README.md"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS, ids=lambda path: path.name)
+def test_committed_records_report_as_committed(folder: pathlib.Path, tmp_path: pathlib.Path, monkeypatch, capsys) -> None:
+    """Each committed report, made again by the command its README quotes from the committed
+    records, has the same tables: a change of code that moves a published number shows here."""
+    from tests.helpers import run_cli
+
+    command = re.search(r"Made with `harness report ([^`]*)`", (folder / "README.md").read_text()).group(1).split()
+    command[command.index("--out") + 1] = str(tmp_path)
+    monkeypatch.chdir(REPO)
+    code, _, err = run_cli(monkeypatch, capsys, "report", *command)
+    assert code == 0, err
+    tables = sorted(path.name for path in folder.iterdir() if path.suffix in (".md", ".tex") and path.name != "README.md")
+    assert tables
+    for name in tables:
+        assert (tmp_path / name).read_text() == (folder / name).read_text(), f"{folder.name}/{name} no longer reports as committed"

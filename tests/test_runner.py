@@ -145,6 +145,7 @@ def test_save_model_round_trip_keeps_sparsity(model_dir, tmp_path, data_dir):
     [
         (["--methods", "magnitud"], "unknown method 'magnitud'"),
         (["--sparsity", "1.2"], "outside [0, 1)"),
+        (["--sparsity", "0.5,1.0"], "--sparsity 1.0 is outside [0, 1)"),
         (["--sparsity", "half"], "cannot read sparsity"),
         (["--model", "no-such-model"], "unknown model 'no-such-model'"),
         (["--set", "magnitude.nope=1"], "no option 'nope'"),

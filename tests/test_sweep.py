@@ -67,6 +67,11 @@ def _settings(model_dir, out, **changes) -> RunSettings:
     return RunSettings(**base)
 
 
+def test_unquoted_nm_patterns_are_sparsities_not_base_60_numbers(tmp_path):
+    settings = load_sweep(_write(tmp_path, "sparsities: [0.5, 2:4, 4:8]\nnsamples: 32\n"))
+    assert [s.label() for s in settings["sparsities"]] == ["0.50", "2:4", "4:8"] and settings["nsamples"] == 32
+
+
 def test_cell_filter_runs_one_cell(model_dir, tmp_path, data_dir):
     outcome = run_sweep(_settings(model_dir, tmp_path, cell_index=2), log=lambda _: None)
     assert [(r["method"], r["sparsity_label"]) for r in outcome.records] == [("magnitude", "0.60")]
