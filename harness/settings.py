@@ -75,7 +75,9 @@ class IfDataFile:
 class Setting:
     """One run setting. `flag` is its CLI option (a `--x/--no-x` pair or a lone `--no-x` for a
     switch); `key` its sweep-file key (None: command line only); `default` a value or ByDevice;
-    `shown_default` the default as the help and the README say it."""
+    `shown_default` the default as the help and the README say it; `identity` whether it belongs
+    to a cell's identity, what the cell computes (`harness.plan` builds it; a test holds the two
+    to each other)."""
 
     flag: str
     kind: Kind
@@ -84,6 +86,7 @@ class Setting:
     shown_default: str
     default: Any = None
     by_device: ByDevice | SameAs | IfDataFile | None = None  # the rule that fills AUTO in `RunSettings.resolved`
+    identity: bool = True
 
     @property
     def option(self) -> str:
@@ -99,11 +102,13 @@ def setting(
     *,
     key: str | None = "",
     shown: str | None = None,
+    identity: bool = True,
 ) -> Any:
-    """A RunSettings field carrying its `Setting`. `key=""` means: the field name; None: CLI only."""
+    """A RunSettings field carrying its `Setting`. `key=""` means: the field name; None: CLI only.
+    `identity=False`: where and how cells run, never what they compute."""
     by_device = default if isinstance(default, (ByDevice, SameAs, IfDataFile)) else None
     value = AUTO if by_device else default
-    meta = {"flag": flag, "kind": kind, "help": help, "key": key, "shown": shown, "by_device": by_device}
+    meta = {"flag": flag, "kind": kind, "help": help, "key": key, "shown": shown, "by_device": by_device, "identity": identity}
     return dataclasses.field(default=value, metadata={"setting": meta})
 
 
@@ -134,7 +139,7 @@ class RunSettings:
         key="sparsities", shown="0.5",
     )
     seeds: tuple[int, ...] = setting((0,), "--seed", Seeds(), "Comma list of seeds (calibration sampling, method randomness).")
-    out: Path = setting(Path("results"), "--out", Folder(), "Folder for the JSON records.")
+    out: Path = setting(Path("results"), "--out", Folder(), "Folder for the JSON records.", identity=False)
     nsamples: int = setting(
         ByDevice(cpu=32, cuda=128), "--nsamples", Count(auto=True), "Calibration samples.",
         shown="128 on GPU, 32 on CPU",
@@ -167,18 +172,18 @@ class RunSettings:
         SameAs("limit"), "--mmlu-limit", Count(all_word=True, auto=True),
         "Items per MMLU subject (57 subjects), when MMLU's limit differs from the other tasks'.", shown="the --limit",
     )
-    eval_batch_size: int | str = setting(AUTO, "--eval-batch-size", Count(auto=True), "lm-eval batch size (auto: the largest that fits).")
+    eval_batch_size: int | str = setting(AUTO, "--eval-batch-size", Count(auto=True), "lm-eval batch size (auto: the largest that fits).", identity=False)
     hellaswag: str = setting(
         "exact", "--hellaswag", Choice(("exact", "normalized", "full")),
         "HellaSwag data: 1000 exact lm-eval items, all 10042 normalized, or all 10042 exact once fetched (`harness data fetch`)."
     )
-    device: str = setting(AUTO, "--device", DeviceName(), "auto picks CUDA when present, else the CPU.")
+    device: str = setting(AUTO, "--device", DeviceName(), "auto picks CUDA when present, else the CPU.", identity=False)
     dtype: str = setting(
         ByDevice(cpu="float32", cuda="bfloat16"), "--dtype", Choice((AUTO, "float32", "bfloat16", "float16")),
         "Model dtype.", shown="bfloat16 on GPU, float32 on CPU",
     )
     data_dir: Path | None = setting(
-        None, "--data-dir", Folder(), "Data root.", shown="$HARNESS_DATA_DIR or the project's data/"
+        None, "--data-dir", Folder(), "Data root.", shown="$HARNESS_DATA_DIR or the project's data/", identity=False
     )
     target_pattern: str | None = setting(
         None, "--targets", Text(regex=True), "Regex over module names restricting the pruned linears.",
@@ -190,17 +195,17 @@ class RunSettings:
     )
     owl_lambda: float = setting(0.08, "--owl-lambda", Number(0.0, 0.5), "OWL: layer sparsities spread over target ± lambda.")
     owl_m: float = setting(5.0, "--owl-m", Number(1.0), "OWL: a score is an outlier above M × its layer's mean.")
-    include_dense: bool = setting(True, "--no-dense", Switch(), "Do not evaluate the dense model.", key="dense", shown="off")
-    force: bool = setting(False, "--force", Switch(), "Recompute cells whose record exists.", key=None)
+    include_dense: bool = setting(True, "--no-dense", Switch(), "Do not evaluate the dense model.", key="dense", shown="off", identity=False)
+    force: bool = setting(False, "--force", Switch(), "Recompute cells whose record exists.", key=None, identity=False)
     save_model: Path | None = setting(
-        None, "--save-model", Folder(), "Save each pruned model here as a safetensors folder.", key=None
+        None, "--save-model", Folder(), "Save each pruned model here as a safetensors folder.", key=None, identity=False
     )
-    executor: str = setting("local", "--executor", Choice(("local", "ray")), "Run cells here in sequence, or as Ray tasks on a cluster.")
-    address: str | None = setting(None, "--address", Text(), "Ray cluster address (auto | HOST:PORT).", shown="start a local Ray")
+    executor: str = setting("local", "--executor", Choice(("local", "ray")), "Run cells here in sequence, or as Ray tasks on a cluster.", identity=False)
+    address: str | None = setting(None, "--address", Text(), "Ray cluster address (auto | HOST:PORT).", shown="start a local Ray", identity=False)
     cell_index: int | None = setting(
-        None, "--cell", Count(minimum=0), "Run only this 0-based cell of the plan (Slurm job arrays).", key=None, shown="all cells"
+        None, "--cell", Count(minimum=0), "Run only this 0-based cell of the plan (Slurm job arrays).", key=None, shown="all cells", identity=False
     )
-    report: bool = setting(True, "--report/--no-report", Switch(), "Write the report into reports/latest at the end.", key=None)
+    report: bool = setting(True, "--report/--no-report", Switch(), "Write the report into reports/latest at the end.", key=None, identity=False)
     overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # --set / the sweep's methods
     progress: bool = True  # progress bars (tests turn them off); not a user setting
 
@@ -252,6 +257,7 @@ for _field in dataclasses.fields(RunSettings):
             shown_default=_meta["shown"] or _shown(_field.default),
             default=_field.default,
             by_device=_meta["by_device"],
+            identity=_meta["identity"],
         )
 del _field, _meta
 

@@ -134,6 +134,39 @@ def test_readme_options_table_is_the_schema():
     assert run_options_table() in readme, "regenerate with: python -c 'from harness.cli import run_options_table; print(run_options_table())'"
 
 
+# One other valid value per setting, against the base plan of the identity test below.
+OTHER_VALUES = {
+    "models": "other-model", "methods": "sparsegpt", "sparsities": "0.6", "seeds": "1",
+    "nsamples": "16", "seqlen": "256", "calibration": "c4-train", "ppl_seqlen": "128", "ppl_tokens": "4096",
+    "tasks": "piqa", "limit": "10", "mmlu_limit": "5", "hellaswag": "normalized", "dtype": "bfloat16",
+    "target_pattern": "mlp", "profile": "uniform", "owl_lambda": "0.1", "owl_m": "4",
+    "out": "elsewhere", "eval_batch_size": "4", "device": "cuda", "data_dir": "elsewhere", "include_dense": False,
+    "force": True, "save_model": "elsewhere", "executor": "ray", "address": "auto", "cell_index": "0", "report": False,
+}
+
+
+def test_a_setting_changes_the_cell_identity_exactly_when_the_schema_says_so(tmp_path):
+    """A setting declared `identity` changes the hash of some planned cell (or, for the grid's
+    axes, the cells themselves); any other leaves every cell's hash alone. A new setting must be
+    added here, and so declared one way or the other."""
+    assert set(OTHER_VALUES) == set(SETTINGS)
+    base = dict(models="smollm2-135m", methods="wanda", sparsities="0.5", seeds="0", nsamples="32", seqlen="512", calibration="c4-local",
+                tasks="mmlu,hellaswag,piqa", limit="20", dtype="float32", device="cpu", profile="owl", out=str(tmp_path))
+
+    def hashes(**changed):
+        return {planned.cell: planned.config_hash for planned in plan_cells(RunSettings(**{**base, **changed}).resolved())}
+
+    before = hashes()
+    for name, value in OTHER_VALUES.items():
+        after = hashes(**{name: str(tmp_path / value) if value == "elsewhere" else value})
+        common = before.keys() & after.keys()
+        rehashed = any(before[cell] != after[cell] for cell in common)
+        if SETTINGS[name].identity:
+            assert rehashed or before.keys() != after.keys(), f"{name} is declared part of the identity but changes no cell's"
+        else:
+            assert common and not rehashed, f"{name} is declared outside the identity but changes it"
+
+
 def test_every_setting_is_a_cli_option_and_the_sweep_keys_come_from_it():
     from harness.cli import run
 
