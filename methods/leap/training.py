@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.distributed import world
+from harness.distributed import World, world
 from harness.errors import HarnessError
 from harness.methods.leap.checkpoint import Checkpoint
 from harness.methods.leap.config import Budget, MaskTrainingConfig
@@ -181,24 +181,10 @@ def train_masks(
     schedule = Schedule(
         budget.steps, config.warmup_steps, (config.tau_start, config.tau_end), (config.scale_start, config.scale_end), config.schedule_end
     )
-    start, curve, seconds_before = 0, [], 0.0
-    if resume is not None:
-        with torch.no_grad():
-            for name, theta in masks.logits.items():
-                theta.copy_(resume.logits[name])
-        optimizer.load_state_dict(resume.optimizer)
-        start, curve, seconds_before = resume.step, list(resume.curve), resume.seconds
-
+    start, curve, seconds_before = _restore(masks, optimizer, resume)
     ranks = world()
     forwards = step_forwards(budget, config.sampling)
-    if len(forwards) < ranks.size:
-        raise HarnessError(
-            f"a LEAP step has {len(forwards)} mask sample(s) to share among {ranks.size} ranks; "
-            "raise leap.grad_accum or leap.batch_size, or start fewer ranks"
-        )
-    ranks.agree(start, "the step to resume from", "every rank must read rank 0's checkpoint (a shared work folder)", device)
-    with torch.no_grad():
-        ranks.share_from_main(list(masks.logits.values()))  # one starting point, whatever each rank's prior did
+    _join_ranks(ranks, masks, len(forwards), start, device)
     begin = time.perf_counter()
     bar = tqdm(range(start, budget.steps), desc="leap", disable=not (progress and ranks.is_main), initial=start, total=budget.steps)
     with _training_mode(model, config.grad_checkpointing):
@@ -216,11 +202,7 @@ def train_masks(
                     batch = (micro, windows((step * budget.grad_accum + micro) * budget.batch_size, budget.batch_size).to(device))
                 masks.begin_forward((seed, step, index), tau, scale)
                 loss, parts = _forward_loss(model, masks, batch[1][rows], config, target_density, bonus)
-                if not torch.isfinite(loss):
-                    raise HarnessError(
-                        f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
-                        "check the model's weights for NaN/inf or lower leap.lr"
-                    )
+                _check_finite(loss, step, micro)
                 (loss / len(forwards)).backward()
                 for key, value in {"loss": loss.item(), **parts}.items():
                     totals[key] = totals.get(key, 0.0) + value / len(forwards)
@@ -236,15 +218,8 @@ def train_masks(
             bar.set_postfix(loss=f"{totals['loss']:.3f}", ce=f"{totals['ce']:.3f}", density=f"{totals['density']:.3f}", tau=f"{tau:.2f}")
             done = step + 1
             if ranks.is_main and checkpoint_path is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done < budget.steps:
-                Checkpoint(
-                    step=done,
-                    logits={name: theta.detach().cpu() for name, theta in masks.logits.items()},
-                    optimizer=optimizer.state_dict(),
-                    curve=curve,
-                    seconds=seconds_before + time.perf_counter() - begin,
-                    extra=extra or {},
-                    fingerprint=fingerprint or {},
-                ).save(checkpoint_path)
+                seconds = seconds_before + time.perf_counter() - begin
+                _checkpoint(masks, optimizer, done, curve, seconds, extra, fingerprint).save(checkpoint_path)
     elapsed = time.perf_counter() - begin
     steps_run = budget.steps - start
     return TrainingOutcome(
@@ -252,6 +227,53 @@ def train_masks(
         resumed_from=start,
         seconds=seconds_before + elapsed,
         seconds_per_step=elapsed / steps_run if steps_run else 0.0,
+    )
+
+
+def _restore(masks: LearnableMasks, optimizer: torch.optim.Optimizer, resume: Checkpoint | None) -> tuple[int, list[dict[str, float]], float]:
+    """The logits and optimizer state of `resume`, if any; the step, curve and seconds to go on from."""
+    if resume is None:
+        return 0, [], 0.0
+    with torch.no_grad():
+        for name, theta in masks.logits.items():
+            theta.copy_(resume.logits[name])
+    optimizer.load_state_dict(resume.optimizer)
+    return resume.step, list(resume.curve), resume.seconds
+
+
+def _join_ranks(ranks: World, masks: LearnableMasks, forwards: int, start: int, device: torch.device) -> None:
+    """Under torchrun: every rank has a share of the step's forwards, resumes from the same step
+    and starts from rank 0's logits (whatever each rank's prior did)."""
+    if forwards < ranks.size:
+        raise HarnessError(
+            f"a LEAP step has {forwards} mask sample(s) to share among {ranks.size} ranks; "
+            "raise leap.grad_accum or leap.batch_size, or start fewer ranks"
+        )
+    ranks.agree(start, "the step to resume from", "every rank must read rank 0's checkpoint (a shared work folder)", device)
+    with torch.no_grad():
+        ranks.share_from_main(list(masks.logits.values()))
+
+
+def _check_finite(loss: torch.Tensor, step: int, micro: int) -> None:
+    if not torch.isfinite(loss):
+        raise HarnessError(
+            f"LEAP training diverged at step {step} (micro-batch {micro}): the loss is {loss.item()}; "
+            "check the model's weights for NaN/inf or lower leap.lr"
+        )
+
+
+def _checkpoint(
+    masks: LearnableMasks, optimizer: torch.optim.Optimizer, step: int, curve: list[dict[str, float]], seconds: float,
+    extra: dict[str, Any] | None, fingerprint: dict[str, Any] | None,
+) -> Checkpoint:
+    return Checkpoint(
+        step=step,
+        logits={name: theta.detach().cpu() for name, theta in masks.logits.items()},
+        optimizer=optimizer.state_dict(),
+        curve=curve,
+        seconds=seconds,
+        extra=extra or {},
+        fingerprint=fingerprint or {},
     )
 
 
