@@ -10,7 +10,7 @@ import click
 
 from harness.errors import HarnessError
 from harness.models import BUNDLED, DEFAULT_MODEL
-from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET, DENSE, RunSettings, cli_options, options_table
+from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET, DENSE, SETTINGS, RunSettings, accept, cli_options, options_table
 from harness.store import method_of_row, row_name
 
 
@@ -57,7 +57,8 @@ def run(config_file: Path | None, sets: tuple[str, ...], **given) -> None:
     overrides = values.pop("overrides", {})
     values.update({name: value for name, value in given.items() if value is not None})
     # --methods may narrow a sweep file's methods; the file's options of the dropped ones lapse
-    overrides = {method: fields for method, fields in overrides.items() if method in values.get("methods", overrides)}
+    kept = accept("methods", values["methods"], SETTINGS["methods"].option) if "methods" in values else overrides
+    overrides = {method: fields for method, fields in overrides.items() if method in kept}
     for method, fields in _parse_sets(sets).items():
         overrides.setdefault(method, {}).update(fields)
     settings = RunSettings(**values, overrides=overrides)

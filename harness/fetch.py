@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.layout import C4_TRAIN_FILE, HELLASWAG_FULL_FILE, SLIMPAJAMA_FILE, WIKITEXT2_FILE
-from harness.manifest import FETCHED_MANIFEST_FILE, PROJECT_DATA, Entry, make_entry, problem, read_manifest, write_manifest
+from harness.manifest import FETCHED_MANIFEST_FILE, IN_CHECKOUT, PROJECT_DATA, Entry, make_entry, problem, read_manifest, write_manifest
 
 
 
@@ -148,6 +148,11 @@ def fetch(names: list[str], out: Path, tokens: int, count_tokens: Callable[[str]
     unknown = [name for name in names if name not in SOURCES]
     if unknown:
         raise HarnessError(f"unknown data source {unknown[0]!r}; choose from {', '.join(SOURCES)}")
+    if Path(out).resolve() == PROJECT_DATA.resolve() and not IN_CHECKOUT:
+        raise HarnessError(
+            f"an installed harness does not write into its packaged data ({PROJECT_DATA}); "
+            "fetch into a folder of your own with --out DIR and run with --data-dir DIR (or $HARNESS_DATA_DIR)"
+        )
     if constants.HF_HUB_OFFLINE or not _hub_resolves(constants.ENDPOINT):
         raise _offline_error()
     prepare_root(out)

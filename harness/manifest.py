@@ -23,16 +23,18 @@ MANIFEST_FILE = "MANIFEST.json"
 FETCHED_MANIFEST_FILE = "MANIFEST.fetched.json"
 """Entries of files `harness data fetch` added to a root: kept apart, so that fetching into the
 project's `data/` changes no tracked file (git ignores both the file and the fetched data)."""
-def _project_data() -> Path:
+def _project_data() -> tuple[Path, bool]:
     """`data/` of the repository in a checkout (and an editable install); in an installed wheel,
-    the same files packaged as `harness/project_data`."""
+    the same files packaged as `harness/project_data`. Also whether this is a checkout."""
     package = Path(__file__).resolve().parent
-    checkout = package.parent / "data"
-    return checkout if (package.parent / "pyproject.toml").is_file() and (checkout / MANIFEST_FILE).is_file() else package / "project_data"
+    if (package.parent / "pyproject.toml").is_file() and (package.parent / "data").is_dir():
+        return package.parent / "data", True
+    return package / "project_data", False
 
 
-PROJECT_DATA = _project_data()
-"""The project's own data root (what `make run` and the tests read)."""
+PROJECT_DATA, IN_CHECKOUT = _project_data()
+"""The project's own data root (what `make run` and the tests read), and whether it is the
+repository's `data/` (else the installed package's copy, which fetch does not write into)."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +179,10 @@ def verify_file(root: Path, relative: str) -> Path:
             return path
     why = problem(root, entry)
     if why is not None:
-        fix = "restore it with `git checkout -- data/`" if Path(root).resolve() == PROJECT_DATA.resolve() else "copy it again or fetch it (`harness data fetch`)"
+        if Path(root).resolve() != PROJECT_DATA.resolve():
+            fix = "copy it again or fetch it (`harness data fetch`)"
+        else:
+            fix = "restore it with `git checkout -- data/`" if IN_CHECKOUT else "reinstall the harness"
         raise HarnessError(f"data file {path} {why}; {fix}, or point --data-dir elsewhere")
     _remember(_stamp(path, entry))
     return path

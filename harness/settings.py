@@ -105,7 +105,9 @@ def setting(
     identity: bool = True,
 ) -> Any:
     """A RunSettings field carrying its `Setting`. `key=""` means: the field name; None: CLI only.
-    `identity=False`: where and how cells run, never what they compute."""
+    `identity=False`: where and how cells run, not what they compute. The device is one: the
+    defaults it resolves (calibration size, LEAP's budget) are in the identity, the device is not
+    (a record names its hardware instead)."""
     by_device = default if isinstance(default, (ByDevice, SameAs, IfDataFile)) else None
     value = AUTO if by_device else default
     meta = {"flag": flag, "kind": kind, "help": help, "key": key, "shown": shown, "by_device": by_device, "identity": identity}

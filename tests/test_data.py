@@ -107,6 +107,23 @@ def test_fetch_offline_says_so_in_one_line(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "fetched").exists()
 
 
+def test_an_installed_harness_does_not_fetch_into_its_packaged_data(monkeypatch, capsys):
+    import harness.fetch
+
+    monkeypatch.setattr(harness.fetch, "IN_CHECKOUT", False)
+    code, _, err = run_cli(monkeypatch, capsys, "data", "fetch", "--sources", "wikitext2")
+    assert code == 2 and err.count("\n") == 1 and "--out DIR" in err
+
+
+def test_the_wheel_leaves_out_what_git_ignores_in_data():
+    """pyproject's exclude-package-data and .gitignore name the same fetched files."""
+    tomllib = pytest.importorskip("tomllib")
+    ignored = {line.removeprefix("data/") for line in (ROOT / ".gitignore").read_text().splitlines() if line.startswith("data/")}
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    excluded = set(config["exclude-package-data"]["harness.project_data"])
+    assert excluded == {name + "*" if name.endswith("/") else name for name in ignored}
+
+
 def test_wikitext_conversion_reproduces_the_shipped_file(tmp_path):
     """HF `wikitext` rows are {text}; the shipped file holds exactly those rows."""
     rows = read_jsonl_gz(PROJECT_DATA / "wikitext2" / "wikitext-2-raw-v1.test.jsonl.gz")

@@ -136,7 +136,7 @@ def test_readme_options_table_is_the_schema():
 
 # One other valid value per setting, against the base plan of the identity test below.
 OTHER_VALUES = {
-    "models": "other-model", "methods": "sparsegpt", "sparsities": "0.6", "seeds": "1",
+    "models": "other-model", "methods": "sparsegpt,leap", "sparsities": "0.6", "seeds": "1",
     "nsamples": "16", "seqlen": "256", "calibration": "c4-train", "ppl_seqlen": "128", "ppl_tokens": "4096",
     "tasks": "piqa", "limit": "10", "mmlu_limit": "5", "hellaswag": "normalized", "dtype": "bfloat16",
     "target_pattern": "mlp", "profile": "uniform", "owl_lambda": "0.1", "owl_m": "4",
@@ -150,8 +150,12 @@ def test_a_setting_changes_the_cell_identity_exactly_when_the_schema_says_so(tmp
     axes, the cells themselves); any other leaves every cell's hash alone. A new setting must be
     added here, and so declared one way or the other."""
     assert set(OTHER_VALUES) == set(SETTINGS)
-    base = dict(models="smollm2-135m", methods="wanda", sparsities="0.5", seeds="0", nsamples="32", seqlen="512", calibration="c4-local",
-                tasks="mmlu,hellaswag,piqa", limit="20", dtype="float32", device="cpu", profile="owl", out=str(tmp_path))
+    # every device-dependent default pinned, LEAP's budget and autocast too: the device itself is
+    # outside the identity, what it resolves (these defaults, LEAP's budget) is inside
+    pinned_leap = {"steps": "8", "batch_size": "2", "grad_accum": "1", "seqlen": "64", "autocast_bf16": "false"}
+    base = dict(models="smollm2-135m", methods="wanda,leap", sparsities="0.5", seeds="0", nsamples="32", seqlen="512", calibration="c4-local",
+                tasks="mmlu,hellaswag,piqa", limit="20", dtype="float32", device="cpu", profile="owl", out=str(tmp_path),
+                overrides={"leap": pinned_leap})
 
     def hashes(**changed):
         return {planned.cell: planned.config_hash for planned in plan_cells(RunSettings(**{**base, **changed}).resolved())}
