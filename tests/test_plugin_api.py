@@ -14,10 +14,8 @@ import pytest
 import torch
 
 import harness
-from harness.masks import prune_count
-from harness.pruner import PruneContext
-from harness.registry import Registry
-from harness.sparsity import Sparsity
+from harness import PruneContext, Sparsity, prune_count
+from harness.registry import Registry  # test tooling: a registry of its own, and the zero count
 from harness.targets import target_linears
 from tests.conftest import tiny_llama
 
