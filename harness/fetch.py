@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.errors import HarnessError
 from harness.layout import C4_TRAIN_FILE, HELLASWAG_FULL_FILE, SLIMPAJAMA_FILE, WIKITEXT2_FILE
-from harness.manifest import FETCHED_MANIFEST_FILE, IN_CHECKOUT, PROJECT_DATA, Entry, make_entry, problem, read_manifest, write_manifest
+from harness.manifest import FETCHED_MANIFEST_FILE, IN_CHECKOUT, PROJECT_DATA, Entry, is_project_data, make_entry, problem, read_manifest, write_manifest
 
 
 
@@ -127,7 +127,7 @@ def _download_rows(name: str, tokens: int, count_tokens: Callable[[str], int]) -
 def prepare_root(out: Path) -> None:
     """A new root starts as a copy of the project's data and manifest, so it is complete."""
     out = Path(out)
-    if out.resolve() == PROJECT_DATA.resolve() or (out / "MANIFEST.json").exists():
+    if is_project_data(out) or (out / "MANIFEST.json").exists():
         return
     shutil.copytree(PROJECT_DATA, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.md"))
 
@@ -148,7 +148,7 @@ def fetch(names: list[str], out: Path, tokens: int, count_tokens: Callable[[str]
     unknown = [name for name in names if name not in SOURCES]
     if unknown:
         raise HarnessError(f"unknown data source {unknown[0]!r}; choose from {', '.join(SOURCES)}")
-    if Path(out).resolve() == PROJECT_DATA.resolve() and not IN_CHECKOUT:
+    if is_project_data(out) and not IN_CHECKOUT:
         raise HarnessError(
             f"an installed harness does not write into its packaged data ({PROJECT_DATA}); "
             "fetch into a folder of your own with --out DIR and run with --data-dir DIR (or $HARNESS_DATA_DIR)"

@@ -23,6 +23,8 @@ MANIFEST_FILE = "MANIFEST.json"
 FETCHED_MANIFEST_FILE = "MANIFEST.fetched.json"
 """Entries of files `harness data fetch` added to a root: kept apart, so that fetching into the
 project's `data/` changes no tracked file (git ignores both the file and the fetched data)."""
+
+
 def _project_data() -> tuple[Path, bool]:
     """`data/` of the repository in a checkout (and an editable install); in an installed wheel,
     the same files packaged as `harness/project_data`. Also whether this is a checkout."""
@@ -35,6 +37,11 @@ def _project_data() -> tuple[Path, bool]:
 PROJECT_DATA, IN_CHECKOUT = _project_data()
 """The project's own data root (what `make run` and the tests read), and whether it is the
 repository's `data/` (else the installed package's copy, which fetch does not write into)."""
+
+
+def is_project_data(root: Path) -> bool:
+    """Whether `root` is the project's own data root."""
+    return Path(root).resolve() == PROJECT_DATA.resolve()
 
 
 @dataclass(frozen=True)
@@ -179,7 +186,7 @@ def verify_file(root: Path, relative: str) -> Path:
             return path
     why = problem(root, entry)
     if why is not None:
-        if Path(root).resolve() != PROJECT_DATA.resolve():
+        if not is_project_data(root):
             fix = "copy it again or fetch it (`harness data fetch`)"
         else:
             fix = "restore it with `git checkout -- data/`" if IN_CHECKOUT else "reinstall the harness"

@@ -180,11 +180,11 @@ def check_environment(settings: RunSettings, cells: list[PlannedCell]) -> None:
         raise HarnessError("--device cuda was asked for but no CUDA device is visible; use --device cpu")
     for model in settings.models:
         check_model_spec(model)
-    data_file(settings.data_dir, WIKITEXT2_FILE)
-    if "hellaswag" in settings.tasks and settings.hellaswag == "full":
-        data_file(settings.data_dir, HELLASWAG_FULL_FILE)
     entries, _ = manifest_for(data_root(settings.data_dir))  # a task's files sit in the folder of its name
     needed = {path for path in entries for task in settings.tasks if path.startswith(f"{task}/") and path != HELLASWAG_FULL_FILE}
+    needed.add(WIKITEXT2_FILE)
+    if "hellaswag" in settings.tasks and settings.hellaswag == "full":
+        needed.add(HELLASWAG_FULL_FILE)
     for planned in cells:
         if planned.config is not None:
             pruner = get_pruner(planned.cell.method)
