@@ -72,12 +72,12 @@ def method_configs(settings: RunSettings) -> dict[str, PrunerConfig]:
                 raise HarnessError("the dense model takes no --set options")
             continue
         pruner_cls = get_pruner(method)
-        config = build_config(pruner_cls.Config, settings.overrides.get(method, {}), method)
+        config = build_config(pruner_cls.Config, settings.overrides.get(method, {}), method).resolve(device)
         pruner = pruner_cls(config)
         for sparsity in settings.sparsities:
             pruner.check_sparsity(sparsity)
         pruner.check_profile(settings.profile)
-        configs[method] = config.resolve(device)
+        configs[method] = config
     return configs
 
 

@@ -114,7 +114,7 @@ class Pruner(abc.ABC):
 
     def check_sparsity(self, sparsity: Sparsity) -> None:
         """Refuse, with a HarnessError naming the fix, a sparsity this method and config cannot
-        produce; the runner asks before any model loads."""
+        produce; the runner asks before any model loads, with the config resolved for the device."""
         if sparsity.is_nm and not self.supports_nm:
             raise HarnessError(f"{self.name} does not support N:M sparsity ({sparsity}); use an unstructured ratio")
 
@@ -136,14 +136,15 @@ class Pruner(abc.ABC):
         return []
 
     def run(self, model: nn.Module, sparsity: Sparsity, ctx: PruneContext) -> PruneResult:
-        """Prune, time it, track peak memory, and count the zeros that resulted."""
+        """Resolve the config for the model's device, check, prune, time it, track peak memory,
+        and count the zeros that resulted."""
+        targets = ctx.targets(model)
+        self.config = self.config.resolve(next(iter(targets.values())).weight.device)
         self.check_sparsity(sparsity)
         if ctx.matrix_sparsity is not None and not self.honours_profile:
             raise HarnessError(f"{self.name} does not follow per-matrix targets (ctx.matrix_sparsity); run it with a uniform profile")
         if self.needs_calibration and ctx.calibration is None:
             raise HarnessError(f"{self.name} needs calibration data; pass --nsamples > 0")
-        targets = ctx.targets(model)
-        self.config = self.config.resolve(next(iter(targets.values())).weight.device)
         start = time.perf_counter()
         with PeakMemory() as memory:
             stats = self.prune(model, sparsity, ctx) or {}

@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness.methods.leap import pruner as leap_pruner
 from harness.methods.leap import relaxed_mask
 from harness.methods.leap.checkpoint import Checkpoint
-from harness.methods.leap.config import RECIPES, Budget
+from harness.methods.leap.config import DEVICE_RECIPES, RECIPES, Budget
 from harness.methods.leap.relaxed_mask import (
     LOGIT_PARAM,
     LearnableMasks,
@@ -103,6 +103,11 @@ def context(tmp_path: Path | None = None, seed: int = 0) -> PruneContext:
 
 SMALL = dict(prior="magnitude", steps=6, batch_size=2, seqlen=16, warmup_steps=1)
 MICRO_BATCHES = {**SMALL, "steps": 2, "grad_accum": 2, "batch_size": 3}  # steps of 2 micro-batches of 3 sequences
+
+
+def resolved(cls: type[LEAPPruner], **settings) -> LEAPPruner:
+    """A pruner whose config is resolved for the CPU, as the plan resolves it before its checks."""
+    return cls(LEAPConfig(**settings).resolve(torch.device("cpu")))
 
 
 def attach(model, seed: int = 0, dtype: torch.dtype = torch.float32) -> tuple[dict, LearnableMasks]:
@@ -354,8 +359,8 @@ def test_bfloat16_model_trains_in_float32_logits_and_hits_the_sparsity(autocast)
 
 
 def test_threshold_mode_reports_its_realized_sparsity():
-    pruner = MarkovLEAP(**SMALL, final_mask="threshold")
-    assert not pruner.exact_sparsity() and MarkovLEAP(**SMALL).exact_sparsity()
+    pruner = resolved(MarkovLEAP, **SMALL, final_mask="threshold")
+    assert not pruner.exact_sparsity() and resolved(MarkovLEAP, **SMALL).exact_sparsity()
     model = tiny_llama()
     result = pruner.run(model, Sparsity(0.5), context())
     assert 0.4 < result.realized_sparsity < 0.6
@@ -372,7 +377,7 @@ def test_reference_recipe_trains_bfloat16_logits_and_keeps_those_above_zero(monk
         return hard_masks(logits, sparsity)
 
     monkeypatch.setattr(leap_pruner, "hard_masks", recording)
-    pruner = MarkovLEAP(**SMALL, recipe="reference")
+    pruner = resolved(MarkovLEAP, **SMALL, recipe="reference")
     assert not pruner.exact_sparsity()
     model = tiny_llama()
     result = pruner.run(model, Sparsity(0.5), context())
@@ -389,7 +394,7 @@ def test_prior_dense_weights_restored_and_logits_follow_the_prior():
     model = tiny_llama()
     dense = {n: l.weight.detach().clone() for n, l in target_linears(model).items()}
     linears = target_linears(model)
-    logits, extra = LEAPPruner(**SMALL)._logits_from_prior(model, linears, Sparsity(0.5), context())
+    logits, extra = resolved(LEAPPruner, **SMALL)._logits_from_prior(model, linears, Sparsity(0.5), context())
     pruned = tiny_llama()
     MagnitudePruner().run(pruned, Sparsity(0.5), context())
     for (name, linear), prior_linear in zip(linears.items(), target_linears(pruned).values()):
@@ -419,7 +424,7 @@ def test_short_training_lowers_the_training_loss_below_its_prior_mask(pattern):
         with torch.no_grad():
             for linear in [*target_linears(models[method]).values(), models[method].lm_head]:
                 linear.weight.mul_(5)
-    leap = MarkovLEAP(prior="magnitude", steps=30, batch_size=4, seqlen=32, warmup_steps=3, lr=1e-2)
+    leap = MarkovLEAP(prior="magnitude", steps=30, batch_size=4, seqlen=32, warmup_steps=3, lr=1e-2, recipe="paper")
     data = leap.training_windows(context(), Budget(30, 4, 1, 32))(0, 120)
     MagnitudePruner().run(models["prior"], sparsity, context())
     result = leap.run(models["leap"], sparsity, context())
@@ -670,7 +675,7 @@ def test_nm_masks_are_deterministic_per_seed():
 def test_nm_logits_start_from_the_wanda_nm_mask():
     model = tiny_llama()
     linears = target_linears(model)
-    logits, extra = LEAPPruner(**{**SMALL, "prior": "wanda"})._logits_from_prior(model, linears, Sparsity.parse("2:4"), context())
+    logits, extra = resolved(LEAPPruner, **{**SMALL, "prior": "wanda"})._logits_from_prior(model, linears, Sparsity.parse("2:4"), context())
     for name, linear in linears.items():
         prior = unpack_mask(extra["prior_bits"][name], linear.weight)
         assert (in_groups(prior, 4).sum(-1) == 2).all(), name
@@ -687,14 +692,14 @@ def test_hard_nm_mask_keeps_the_largest_logits_of_every_group():
 
 def test_nm_is_refused_only_where_leap_cannot_give_it():
     nm = Sparsity.parse("2:4")
-    LEAPPruner().check_sparsity(nm)
-    LEAPPruner(final_mask="threshold").check_sparsity(Sparsity(0.5))
-    LEAPPruner(recipe="reference", final_mask="topk").check_sparsity(nm)
-    for refused in (LEAPPruner(final_mask="threshold"), LEAPPruner(recipe="reference")):
+    resolved(LEAPPruner).check_sparsity(nm)
+    resolved(LEAPPruner, final_mask="threshold").check_sparsity(Sparsity(0.5))
+    resolved(LEAPPruner, recipe="reference", final_mask="topk").check_sparsity(nm)
+    for refused in (resolved(LEAPPruner, final_mask="threshold"), resolved(LEAPPruner, recipe="reference")):
         with pytest.raises(HarnessError, match="leap.final_mask=threshold cannot give N:M sparsity .* use leap.final_mask=topk"):
             refused.check_sparsity(nm)
     with pytest.raises(HarnessError, match="leap.prior=dsnot does not support N:M"):
-        LEAPPruner(prior="dsnot").check_sparsity(nm)
+        resolved(LEAPPruner, prior="dsnot").check_sparsity(nm)
 
 
 def test_nm_needs_input_sizes_divisible_by_m(tiny_model):
@@ -710,7 +715,7 @@ def test_nm_needs_input_sizes_divisible_by_m(tiny_model):
 def test_config_from_the_command_line():
     config = build_config(LEAPConfig, {"steps": "10", "seqlen": "none", "autocast_bf16": "true", "final_mask": "threshold", "prior": "magnitude", "sampling": "micro-batch"}, "leap")
     assert (config.steps, config.seqlen, config.autocast_bf16, config.final_mask, config.sampling) == (10, None, True, "threshold", "micro-batch")
-    assert LEAPConfig().sampling == "sequence"
+    assert LEAPConfig().sampling is None and LEAPConfig().tau_start is None  # the recipe's
     bad_values = ({"steps": "0"}, {"tau_end": "0"}, {"beta2": "1"}, {"prior": "leap"}, {"final_mask": "top"}, {"sampling": "batch"})
     for bad in (*bad_values, {"logit_dtype": "float16"}, {"schedule_end": "t"}):
         with pytest.raises(HarnessError):
@@ -721,10 +726,14 @@ def test_config_from_the_command_line():
 
 def test_recipes_fill_the_fields_left_unset_and_explicit_values_win():
     cpu = torch.device("cpu")
-    paper, reference = LEAPConfig().resolve(cpu), LEAPConfig(recipe="reference").resolve(cpu)
+    paper, reference = LEAPConfig(recipe="paper").resolve(cpu), LEAPConfig(recipe="reference").resolve(cpu)
     assert (paper.recipe, paper.logit_dtype, paper.schedule_end, paper.final_mask) == ("paper", "float32", "last-step", "topk")
+    assert (paper.tau_start, paper.sampling) == (reference.tau_start, reference.sampling) == (4.0, "sequence")
     assert (reference.logit_dtype, reference.schedule_end, reference.final_mask) == ("bfloat16", "t/T", "threshold")
     assert dataclasses.replace(reference, recipe="paper", **RECIPES["paper"]) == paper  # nothing else differs
+    small = LEAPConfig(recipe="small-budget").resolve(cpu)
+    assert dataclasses.replace(small, recipe="paper", tau_start=4.0, sampling="sequence") == paper  # only τ_start and sampling differ
+    assert (small.tau_start, small.sampling) == (1.0, "micro-batch")
     forced = build_config(LEAPConfig, {"recipe": "reference", "final_mask": "topk", "logit_dtype": "float32"}, "leap").resolve(cpu)
     assert (forced.logit_dtype, forced.schedule_end, forced.final_mask) == ("float32", "t/T", "topk")
     assert LEAPConfig(recipe="reference").final_mask is None  # the original is left as it was
@@ -733,11 +742,24 @@ def test_recipes_fill_the_fields_left_unset_and_explicit_values_win():
     assert all(defaults[name] is None for name in RECIPES["paper"])
 
 
+def test_unset_recipe_follows_the_device_as_the_budget_does():
+    """The CPU's small budget trains with the small-budget recipe, the paper's budget on CUDA with
+    the paper's; a named recipe or an explicit field wins on either device."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert (LEAPConfig().resolve(cpu).recipe, LEAPConfig().resolve(cuda).recipe) == ("small-budget", "paper")
+    assert LEAPConfig().resolve(cpu) == LEAPConfig(recipe="small-budget").resolve(cpu)
+    assert LEAPConfig().resolve(cuda) == LEAPConfig(recipe="paper").resolve(cuda)
+    assert LEAPConfig(recipe="paper").resolve(cpu).tau_start == 4.0
+    assert LEAPConfig(tau_start=2.0).resolve(cpu).tau_start == 2.0
+    assert LEAPConfig().resolve(torch.device("mps")).recipe == "small-budget"  # any other device: the CPU's
+    assert set(DEVICE_RECIPES.values()) <= set(RECIPES)
+
+
 def test_unknown_recipe_is_refused_with_the_names():
     for make in (lambda: build_config(LEAPConfig, {"recipe": "budget"}, "leap"), lambda: LEAPPruner(recipe="budget")):
         with pytest.raises(HarnessError) as error:
             make()
-        assert str(error.value) == "leap.recipe must be one of paper, reference; got 'budget'"
+        assert str(error.value) == "leap.recipe must be one of paper, reference, small-budget; got 'budget'"
 
 
 def test_budget_resolves_by_device_and_keeps_explicit_values():

@@ -150,9 +150,9 @@ def test_a_setting_changes_the_cell_identity_exactly_when_the_schema_says_so(tmp
     axes, the cells themselves); any other leaves every cell's hash alone. A new setting must be
     added here, and so declared one way or the other."""
     assert set(OTHER_VALUES) == set(SETTINGS)
-    # every device-dependent default pinned, LEAP's budget and autocast too: the device itself is
-    # outside the identity, what it resolves (these defaults, LEAP's budget) is inside
-    pinned_leap = {"steps": "8", "batch_size": "2", "grad_accum": "1", "seqlen": "64", "autocast_bf16": "false"}
+    # every device-dependent default pinned, LEAP's budget, recipe and autocast too: the device
+    # itself is outside the identity, what it resolves (these defaults, LEAP's budget) is inside
+    pinned_leap = {"steps": "8", "batch_size": "2", "grad_accum": "1", "seqlen": "64", "autocast_bf16": "false", "recipe": "paper"}
     base = dict(models="smollm2-135m", methods="wanda,leap", sparsities="0.5", seeds="0", nsamples="32", seqlen="512", calibration="c4-local",
                 tasks="mmlu,hellaswag,piqa", limit="20", dtype="float32", device="cpu", profile="owl", out=str(tmp_path),
                 overrides={"leap": pinned_leap})

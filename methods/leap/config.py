@@ -5,6 +5,8 @@ mask, refit).
 A recipe is a named set of values for fields the user left at None (`RECIPES`): `resolve` fills
 them in as it fills in the budget from the device, so the resolved config, which names each
 record, states every concrete value, and an explicit `--set leap.FIELD=...` wins over the recipe.
+The recipe itself, left unset, follows the device as the budget does (`DEVICE_RECIPES`): the
+paper's settings for the paper's budget on CUDA, `small-budget` for the CPU's 128 steps.
 Adding a recipe is one entry in `RECIPES`."""
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ from harness.config import PrunerConfig
 from harness.errors import HarnessError
 from harness.registry import get_pruner
 
-# paper: the harness's LEAP (float32 logits, τ and s reaching their end values at the last step,
-# an exact global top-k). reference: the authors' code as it runs on their GPUs (bfloat16 logits
-# and noise, their controller's t/T that never reaches the end values, θ > 0): docs/leap.md, Recipes.
-RECIPES: dict[str, dict[str, str]] = {
-    "paper": {"logit_dtype": "float32", "schedule_end": "last-step", "final_mask": "topk"},
-    "reference": {"logit_dtype": "bfloat16", "schedule_end": "t/T", "final_mask": "threshold"},
+# paper: the paper's hyperparameters as the harness runs them (float32 logits, τ from 4, one mask
+# per sequence, τ and s reaching their end values at the last step, an exact global top-k).
+# reference: the authors' code as it runs on their GPUs (bfloat16 logits and noise, their
+# controller's t/T that never reaches the end values, θ > 0). small-budget: what the CPU budget
+# study found learns in a few hundred steps (τ from 1, one mask per micro-batch, so twice the steps
+# in the same time). docs/leap.md, Recipes and Budget study.
+_HARNESS = {"logit_dtype": "float32", "schedule_end": "last-step", "final_mask": "topk"}
+RECIPES: dict[str, dict[str, str | float]] = {
+    "paper": {**_HARNESS, "tau_start": 4.0, "sampling": "sequence"},
+    "reference": {"logit_dtype": "bfloat16", "schedule_end": "t/T", "final_mask": "threshold", "tau_start": 4.0, "sampling": "sequence"},
+    "small-budget": {**_HARNESS, "tau_start": 1.0, "sampling": "micro-batch"},
 }
+DEVICE_RECIPES = {"cuda": "paper", "cpu": "small-budget"}  # the recipe where leap.recipe is unset; other devices: cpu's
 
 
 @dataclass
@@ -34,7 +42,7 @@ class MaskTrainingConfig(PrunerConfig):
 
     The budget fields left at None are resolved by `Budget.resolve` from the device: the paper's
     scale on CUDA, a small budget on CPU. The fields a recipe sets, left at None, come from the
-    recipe (`with_recipe`)."""
+    recipe (`with_recipe`), itself the device's (`DEVICE_RECIPES`) where it is None."""
 
     steps: int | None = None  # optimizer steps
     batch_size: int | None = None  # sequences per micro-batch
@@ -42,12 +50,12 @@ class MaskTrainingConfig(PrunerConfig):
     seqlen: int | None = None  # tokens per training sequence
     # One relaxed mask per sequence (the reference's local batch of 1; each sequence its own
     # forward) or one per micro-batch (one forward of batch_size sequences): training.py.
-    sampling: Literal["sequence", "micro-batch"] = "sequence"
+    sampling: Literal["sequence", "micro-batch"] | None = None  # None: the recipe's
     lr: float = 1e-3
     warmup_steps: int = 5
     beta2: float = 0.95
     max_grad_norm: float = 1.0  # the reference's HF Trainer clips at 1.0; 0 disables clipping
-    tau_start: float = 4.0
+    tau_start: float | None = None  # None: the recipe's
     tau_end: float = 0.05
     scale_start: float = 25.0
     scale_end: float = 350.0
@@ -59,14 +67,14 @@ class MaskTrainingConfig(PrunerConfig):
     checkpoint_every: int = 25  # steps between checkpoints in the run's work folder; 0 = never
     autocast_bf16: bool | None = None  # None: on for CUDA, off for CPU
     grad_checkpointing: bool = False  # recompute each decoder layer in backward (large models)
-    recipe: str = "paper"  # a name in RECIPES, whose values fill the fields it names that are left at None
+    recipe: str | None = None  # a name in RECIPES, whose values fill the fields it names that are left at None; None: the device's
     # θ's dtype, which also keeps AdamW's moments and decides the relaxed sample's arithmetic.
     logit_dtype: Literal["float32", "bfloat16"] | None = None
     # τ and s reach their end values at the last step, or follow the reference's t/T (never reaching them).
     schedule_end: Literal["last-step", "t/T"] | None = None
 
     def validate(self) -> None:
-        if self.recipe not in RECIPES:
+        if self.recipe is not None and self.recipe not in RECIPES:
             raise HarnessError(f"leap.recipe must be one of {', '.join(RECIPES)}; got {self.recipe!r}")
         for name in ("steps", "batch_size", "grad_accum", "seqlen"):
             value = getattr(self, name)
@@ -76,7 +84,7 @@ class MaskTrainingConfig(PrunerConfig):
             raise HarnessError(f"leap.seqlen must be at least 2, got {self.seqlen}")
         positive = ("lr", "tau_start", "tau_end", "scale_start", "scale_end", "init_std")
         for name in positive:
-            if not getattr(self, name) > 0:
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise HarnessError(f"leap.{name} must be positive, got {getattr(self, name)}")
         for name in ("warmup_steps", "max_grad_norm", "prior_strength", "sparse_reg", "weight_reg", "distill", "checkpoint_every"):
             if getattr(self, name) < 0:
@@ -87,19 +95,20 @@ class MaskTrainingConfig(PrunerConfig):
     def resolve(self, device: torch.device) -> MaskTrainingConfig:
         budget = Budget.resolve(self, device)
         autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
-        return dataclasses.replace(self.with_recipe(), **dataclasses.asdict(budget), autocast_bf16=autocast)
+        return dataclasses.replace(self.with_recipe(device), **dataclasses.asdict(budget), autocast_bf16=autocast)
 
-    def with_recipe(self) -> MaskTrainingConfig:
-        """This config with its recipe's values in the fields left at None (needs no device, so
-        the pruner's checks before a run read the final mask from here)."""
+    def with_recipe(self, device: torch.device) -> MaskTrainingConfig:
+        """This config with its recipe (the device's where unset) named and the recipe's values in
+        the fields left at None."""
+        recipe = self.recipe or DEVICE_RECIPES.get(device.type, DEVICE_RECIPES["cpu"])
         names = {f.name for f in dataclasses.fields(self)}
-        unset = {name: value for name, value in RECIPES[self.recipe].items() if name in names and getattr(self, name) is None}
-        return dataclasses.replace(self, **unset)
+        unset = {name: value for name, value in RECIPES[recipe].items() if name in names and getattr(self, name) is None}
+        return dataclasses.replace(self, recipe=recipe, **unset)
 
     @property
     def logit_torch_dtype(self) -> torch.dtype:
-        """`logit_dtype` (the recipe's where it is unset) as a torch dtype."""
-        return getattr(torch, self.with_recipe().logit_dtype)
+        """`logit_dtype` of a resolved config as a torch dtype."""
+        return getattr(torch, self.logit_dtype)
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,9 @@ class Budget:
 
     # Paper scale (README: 2000 steps of 128 × 4096 tokens) as 32 micro-batches of 4 on one GPU.
     GPU = (2000, 4, 32, 4096)
-    # 33k tokens: 2-4 minutes of training for SmolLM2-135M on two idle CPU cores (docs/leap.md).
-    CPU = (32, 4, 1, 256)
+    # 131k tokens: 6-7 minutes of training for SmolLM2-135M on two idle CPU cores with the
+    # small-budget recipe (docs/leap.md, Budget study).
+    CPU = (128, 4, 1, 256)
 
     @classmethod
     def resolve(cls, config: MaskTrainingConfig, device: torch.device) -> "Budget":

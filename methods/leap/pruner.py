@@ -74,8 +74,10 @@ class LEAPPruner(Pruner):
         return [("leap_training", "LEAP training curves", training_figure(curves))] if curves else []
 
     def final_mask(self) -> str:
-        """`final_mask`, or the recipe's where it is unset (the checks run before `resolve`)."""
-        return self.config.with_recipe().final_mask
+        """The resolved config's final mask (the plan and `run` resolve the config before they check)."""
+        if self.config.final_mask is None:
+            raise ValueError("the LEAP config is not resolved for a device; call config.resolve(device) first")
+        return self.config.final_mask
 
     def exact_sparsity(self) -> bool:
         return self.final_mask() == "topk"
