@@ -4,8 +4,8 @@ LEAP's two mask samplings against each other.
 All steps use the same model, batch and sequence length: the dense step trains every parameter
 with AdamW; a LEAP step is `train_masks` itself (relaxed masks on the targeted linears, AdamW on
 the logits, the paper's regularizers), once with one mask per sequence (`sampling=sequence`, the
-default: a forward per sequence) and once with one per micro-batch (`sampling=micro-batch`: one
-forward of the batch). Each side runs in its own subprocess so its peak RSS is its own; sides
+paper recipe's: a forward per sequence) and once with one per micro-batch (`sampling=micro-batch`,
+the small-budget recipe's: one forward of the batch). Each side runs in its own subprocess so its peak RSS is its own; sides
 alternate `--repeats` times so that a noisy shared machine affects all alike. The first step of
 each run is a warm-up and is not timed.
 

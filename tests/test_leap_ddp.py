@@ -113,7 +113,7 @@ def test_torchrun_runs_one_leap_cell_on_both_ranks(tmp_path, data_dir):
     cell = [
         "run", "--model", str(model), "--methods", "leap", "--sparsity", "0.5", "--no-dense", "--tasks", "none",
         "--nsamples", "2", "--seqlen", "32", "--ppl-tokens", "256", "--device", "cpu", "--dtype", "float32", "--no-report",
-        "--set", "leap.steps=3", "--set", "leap.batch_size=2", "--set", "leap.seqlen=32",
+        "--set", "leap.steps=3", "--set", "leap.batch_size=2", "--set", "leap.grad_accum=2", "--set", "leap.seqlen=32",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HARNESS_DATA_DIR": str(data_dir)}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(RANKS), "-m", "harness"]

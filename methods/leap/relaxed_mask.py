@@ -24,7 +24,7 @@ same three passes in float32 for both, rounded once to θ's dtype.
 
 Noise. Each linear draws its noise from a generator reseeded with (seed, step, sample index,
 layer index), where the sample index counts the forwards of a step that get their own mask: each
-sequence by default, or each micro-batch (`sampling`, training.py). The noise is therefore a pure
+sequence or each micro-batch (`sampling`, training.py). The noise is therefore a pure
 function of the position in training: a resumed run sees the same masks as an uninterrupted one
 without saving RNG states, and gradient checkpointing, which re-runs a layer's forward during
 backward, recomputes the very same mask.

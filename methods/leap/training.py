@@ -1,14 +1,15 @@
 """LEAP's training loop: AdamW on the mask logits of a frozen model, one loop read top to bottom.
 
-Mask samples. With `sampling=sequence` (default) every sequence gets its own mask, as in the
-reference (local batch 1): a micro-batch of B sequences runs as B forwards of one sequence, each
-with its own noise and its own backward (gradient accumulation). A batched forward with one
-masked weight per sequence would hold B masks and B masked copies of every targeted weight for
-backward; the split forwards hold one of each at a time, as one mask per micro-batch does, and
-one sequence's activations instead of B. Either way B independent samples cost B times the mask
-math (sampling and the three-pass backward over every targeted weight) of one shared mask; the
-split forwards give up only the larger matmuls of a batched forward. `sampling=micro-batch`
-draws one mask per micro-batch, in one forward. `benchmarks/leap_step.py` measures both.
+Mask samples. With `sampling=sequence` (the paper recipe's) every sequence gets its own mask, as
+in the reference (local batch 1): a micro-batch of B sequences runs as B forwards of one
+sequence, each with its own noise and its own backward (gradient accumulation). A batched forward
+with one masked weight per sequence would hold B masks and B masked copies of every targeted
+weight for backward; the split forwards hold one of each at a time, as one mask per micro-batch
+does, and one sequence's activations instead of B. Either way B independent samples cost B times
+the mask math (sampling and the three-pass backward over every targeted weight) of one shared
+mask; the split forwards give up only the larger matmuls of a batched forward.
+`sampling=micro-batch` (the small-budget recipe's, the CPU default) draws one mask per
+micro-batch, in one forward. `benchmarks/leap_step.py` measures both.
 
 Data parallel (torchrun): the forwards of a step are dealt round-robin to the ranks, their
 gradients and logged parts summed over the ranks before the optimizer step, which every rank
