@@ -13,6 +13,7 @@ least two methods have a value; dense is the reference, not a contender.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -176,9 +177,10 @@ class Results:
     @cached_property
     def methods(self) -> list[str]:
         """Every method with a record: dense first, then by the methods' `report_rank` (the
-        papers' order), ties alphabetically."""
+        papers' order), ties by name with the numbers in it compared as numbers (`steps=64`
+        before `steps=128`)."""
         names = set(self._mean.index.get_level_values("method"))
-        return sorted(names, key=lambda name: (name != DENSE, _rank(name), name))
+        return sorted(names, key=lambda name: (name != DENSE, _rank(name), _natural(name)))
 
     @cached_property
     def groups(self) -> list[tuple[str, str]]:
@@ -264,6 +266,13 @@ def _pruner(row: str) -> type[Pruner] | None:
 def _rank(method: str) -> int:
     pruner = _pruner(method)
     return pruner.report_rank if pruner is not None else Pruner.report_rank
+
+
+def _natural(name: str) -> list[str | float]:
+    """`name` split into text and numbers, the numbers as floats: text and numbers alternate,
+    so two names compare part by part with like against like."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e-?\d+)?)", name)
+    return [float(part) if index % 2 else part for index, part in enumerate(parts)]
 
 
 def _cost_keys(method: str) -> list[str]:

@@ -163,7 +163,7 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     results = tmp_path / "results"
     results.mkdir()
     _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
-    for name, steps, lr, ppl in (("a", 32, 0.001, 52.0), ("b", 32, 0.008, 47.0), ("c", 64, 0.004, 45.0)):
+    for name, steps, lr, ppl in (("a", 32, 0.001, 52.0), ("b", 32, 0.008, 47.0), ("c", 64, 0.004, 45.0), ("d", 128, 0.001, 44.0)):
         newer = {} if name == "a" else {"sampling": "sequence"}  # a field the oldest record lacks: not in the names
         _write_record(results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05, **newer}, metrics={"wikitext2_ppl": ppl})
     _write_record(
@@ -173,7 +173,7 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     rows = _rows(output.main_markdown)
     assert list(rows) == [
         ("m", "0.50", "admm"), ("m", "0.50", "leap(steps=32,lr=0.001)"), ("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)"),
-        ("m", "0.50", "leap(steps=64,lr=0.004)"),
+        ("m", "0.50", "leap(steps=64,lr=0.004)"), ("m", "0.50", "leap(steps=128,lr=0.001)"),  # numbers ordered as numbers
     ]
     assert rows[("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)")][0].startswith("48.00")  # two seeds, one row
     assert not any("superseded" in warning for warning in output.warnings)
