@@ -16,7 +16,7 @@ from harness.errors import HarnessError
 from harness.plots import write_plots
 from harness.provenance import hardware_label
 from harness.settings import DEFAULT_BASELINE, DEFAULT_TARGET
-from harness.store import row_name
+from harness.store import method_of_row, row_name
 from harness.report_tables import (
     AVG,
     PPL,
@@ -242,7 +242,10 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
     tables = {"main": main_table(results, baseline)}
     if not results.groups:
         warnings.append("no pruned records yet: the tables have no rows")
-    if target not in results.methods:
+    variants = [row for row in results.methods if row != target and method_of_row(row) == target]
+    if target not in results.methods and variants:
+        warnings.append(f"target {target!r} has several rows ({', '.join(variants)}); name one with --target; deltas summary skipped")
+    elif target not in results.methods:
         warnings.append(f"target method {target!r} has no records; deltas summary skipped")
     elif target == baseline:
         warnings.append(f"target and baseline are both {target!r}; deltas summary skipped")

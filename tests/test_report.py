@@ -177,6 +177,8 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     ]
     assert rows[("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)")][0].startswith("48.00")  # two seeds, one row
     assert not any("superseded" in warning for warning in output.warnings)
+    plain = write_report(results, tmp_path / "plain", target="leap")  # the method's name alone: which row?
+    assert "target 'leap' has several rows (leap(steps=32,lr=0.001), leap(steps=32,lr=0.008), leap(steps=64,lr=0.004), leap(steps=128,lr=0.001)); name one with --target; deltas summary skipped" in plain.warnings
 
 
 def test_report_of_several_folders(tmp_path: pathlib.Path) -> None:
