@@ -31,7 +31,7 @@ import torch
 BEGIN, END = "<!-- leap_step:begin -->", "<!-- leap_step:end -->"
 SIDES = {
     "dense": "dense fine-tuning (all parameters, fused AdamW, clip 1.0)",
-    "sequence": "LEAP, one mask per sequence (default; relaxed masks on the targeted linears, fused AdamW on the logits)",
+    "sequence": "LEAP, one mask per sequence (the paper recipe's; relaxed masks on the targeted linears, fused AdamW on the logits)",
     "micro-batch": "LEAP, one mask per micro-batch (`sampling=micro-batch`)",
 }
 

@@ -77,12 +77,17 @@ def world() -> World:
     return World()
 
 
+def launched_ranks() -> int:
+    """How many ranks torchrun launched (its WORLD_SIZE; 1 without it), known before the group
+    is joined, so the plan can check a data-parallel method's shares up front."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def join_from_environment(device: str) -> World:
     """Join the process group that torchrun describes in the environment, once; one rank
     without it. On CUDA each rank takes the GPU of its local rank (GPU 0 where the launcher
     shows each rank one GPU), so the device must be plain `cuda`."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size > 1 and not torch.distributed.is_initialized():
+    if launched_ranks() > 1 and not torch.distributed.is_initialized():
         on_gpu = device.startswith("cuda")
         if on_gpu:
             if device != "cuda":

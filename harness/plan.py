@@ -14,6 +14,7 @@ from typing import Any
 
 from harness.config import PrunerConfig, build_config, stable_hash
 from harness.data import calibration_file, data_file, data_root
+from harness.distributed import launched_ranks
 from harness.errors import HarnessError
 from harness.layout import HELLASWAG_FULL_FILE, WIKITEXT2_FILE
 from harness.manifest import manifest_for
@@ -77,6 +78,8 @@ def method_configs(settings: RunSettings) -> dict[str, PrunerConfig]:
         for sparsity in settings.sparsities:
             pruner.check_sparsity(sparsity)
         pruner.check_profile(settings.profile)
+        if pruner_cls.data_parallel:
+            pruner.check_ranks(launched_ranks())
         configs[method] = config
     return configs
 

@@ -123,6 +123,10 @@ class Pruner(abc.ABC):
         if profile != UNIFORM and not self.honours_profile:
             raise HarnessError(f"{self.name} does not follow a layer-wise profile (--profile {profile}); use --profile uniform")
 
+    def check_ranks(self, ranks: int) -> None:
+        """Refuse, naming the fix, a run on `ranks` torchrun ranks that this data-parallel method
+        and config cannot share; the runner asks before any model loads (resolved config)."""
+
     @classmethod
     def data_files(cls, config: PrunerConfig) -> list[str]:
         """Data files (relative to the data root) the method reads itself with `config`, beyond

@@ -242,9 +242,9 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
     tables = {"main": main_table(results, baseline)}
     if not results.groups:
         warnings.append("no pruned records yet: the tables have no rows")
-    variants = [row for row in results.methods if row != target and method_of_row(row) == target]
-    if target not in results.methods and variants:
-        warnings.append(f"target {target!r} has several rows ({', '.join(variants)}); name one with --target; deltas summary skipped")
+    rows = [row for row in results.methods if method_of_row(row) == target]
+    if target not in results.methods and rows:
+        warnings.append(f"target {target!r} names no row; its method's rows are {', '.join(rows)}: name one with --target; deltas summary skipped")
     elif target not in results.methods:
         warnings.append(f"target method {target!r} has no records; deltas summary skipped")
     elif target == baseline:

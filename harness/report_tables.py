@@ -180,7 +180,7 @@ class Results:
         papers' order), ties by name with the numbers in it compared as numbers (`steps=64`
         before `steps=128`)."""
         names = set(self._mean.index.get_level_values("method"))
-        return sorted(names, key=lambda name: (name != DENSE, _rank(name), _natural(name)))
+        return sorted(names, key=lambda name: (name != DENSE, _rank(name), _natural(name), name))
 
     @cached_property
     def groups(self) -> list[tuple[str, str]]:
@@ -411,7 +411,8 @@ def cost_table(results: Results) -> Table:
         Column("Peak RSS (GiB)", "peak_rss_mb", 1 / 1024),
         Column("Peak GPU (GiB)", "peak_gpu_mb", 1 / 1024),
     ]
-    columns += [Column(header, key, scale) for pruner in results.pruners.values() for header, key, scale in pruner.cost_stats]
+    pruners = dict.fromkeys(results.pruners.values())  # a method's config rows share its class: its columns once
+    columns += [Column(header, key, scale) for pruner in pruners for header, key, scale in pruner.cost_stats]
     return _grouped_table(results, "Cost", columns, ["Peak GPU is missing where no GPU was used.", SEEDS_NOTE])
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from harness.errors import HarnessError
 from harness.methods.leap import LEAPConfig
 from harness.methods.leap.checkpoint import Checkpoint
 from tests.helpers import tiny_model_folder
@@ -92,6 +93,21 @@ def _rank_disagrees(rank: int, store: str, out: str) -> None:
         (Path(out) / f"rank{rank}.txt").write_text(str(error))
     finally:
         dist.destroy_process_group()
+
+
+def test_too_few_mask_samples_for_the_ranks_are_refused_by_the_plan(monkeypatch):
+    """The CPU default draws one mask per micro-batch of a one-micro-batch step: two ranks cannot
+    share it, and the plan says so before any model loads, naming the setting that adds samples."""
+    from harness.plan import method_configs
+    from harness.settings import RunSettings
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(HarnessError, match=r"1 mask sample\(s\) to share among 2 ranks; raise leap.grad_accum \(one mask per micro-batch\), or set leap.sampling=sequence"):
+        method_configs(RunSettings(methods="leap", device="cpu").resolved())
+    for fix in ({"grad_accum": "2"}, {"sampling": "sequence"}):
+        assert method_configs(RunSettings(methods="leap", device="cpu", overrides={"leap": fix}).resolved())["leap"]
+    with pytest.raises(HarnessError, match="raise leap.grad_accum or leap.batch_size, or start fewer ranks"):
+        method_configs(RunSettings(methods="leap", device="cpu", overrides={"leap": {"sampling": "sequence", "batch_size": "1"}}).resolved())
 
 
 def test_ranks_that_disagree_all_stop(tmp_path):

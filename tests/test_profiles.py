@@ -153,14 +153,15 @@ def test_bad_profile_input_is_refused(monkeypatch, capsys, tmp_path, args, needl
 
 
 def test_leap_takes_the_profile_through_its_prior() -> None:
-    from harness.methods.leap import LEAPConfig, LEAPPruner
+    from harness.methods.leap import LEAPPruner
+    from tests.test_leap import resolved
     from harness.methods.leap.relaxed_mask import unpack_mask
 
     model, data = tiny_llama(seed=2, layers=4), calibration(samples=8)
     linears = target_linears(model)
     profile = owl_profile(model, linears, data, Sparsity(0.6), OWL)
     ctx = PruneContext(calibration=data, seed=0, progress=False, matrix_sparsity=profile.matrices)
-    _, extra = LEAPPruner(LEAPConfig().resolve(torch.device("cpu")))._logits_from_prior(model, linears, Sparsity(0.6), ctx)
+    _, extra = resolved(LEAPPruner)._logits_from_prior(model, linears, Sparsity(0.6), ctx)
     for name, linear in linears.items():
         prior_keep = unpack_mask(extra["prior_bits"][name], linear.weight)
         assert int((~prior_keep).sum()) == prune_count(linear.weight.numel(), profile.matrices[name].ratio), name

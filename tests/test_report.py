@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -165,7 +166,10 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     _write_record(results, "admm.json", metrics={"wikitext2_ppl": 40.0})
     for name, steps, lr, ppl in (("a", 32, 0.001, 52.0), ("b", 32, 0.008, 47.0), ("c", 64, 0.004, 45.0), ("d", 128, 0.001, 44.0)):
         newer = {} if name == "a" else {"sampling": "sequence"}  # a field the oldest record lacks: not in the names
-        _write_record(results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05, **newer}, metrics={"wikitext2_ppl": ppl})
+        _write_record(
+            results, f"leap-{name}.json", method="leap", config={"steps": steps, "lr": lr, "tau_end": 0.05, **newer}, metrics={"wikitext2_ppl": ppl},
+            method_stats={"tokens_trained": steps * 1024},
+        )
     _write_record(
         results, "leap-b-seed1.json", method="leap", seed=1, config={"steps": 32, "lr": 0.008, "tau_end": 0.05, "sampling": "sequence"}, metrics={"wikitext2_ppl": 49.0}
     )
@@ -178,7 +182,8 @@ def test_configs_of_one_method_are_rows_of_their_own(tmp_path: pathlib.Path) -> 
     assert rows[("m", "0.50", "leap(steps=32,lr=0.008) (2 seeds)")][0].startswith("48.00")  # two seeds, one row
     assert not any("superseded" in warning for warning in output.warnings)
     plain = write_report(results, tmp_path / "plain", target="leap")  # the method's name alone: which row?
-    assert "target 'leap' has several rows (leap(steps=32,lr=0.001), leap(steps=32,lr=0.008), leap(steps=64,lr=0.004), leap(steps=128,lr=0.001)); name one with --target; deltas summary skipped" in plain.warnings
+    assert "target 'leap' names no row; its method's rows are leap(steps=32,lr=0.001), leap(steps=32,lr=0.008), leap(steps=64,lr=0.004), leap(steps=128,lr=0.001): name one with --target; deltas summary skipped" in plain.warnings
+    assert (tmp_path / "plain" / "cost.md").read_text().count("Tokens trained") == 1  # the method's own cost column once
 
 
 def test_report_of_several_folders(tmp_path: pathlib.Path) -> None:
@@ -408,7 +413,7 @@ def test_committed_records_report_as_committed(folder: pathlib.Path, tmp_path: p
     number (or a report that was not re-made after the reporter changed) shows here."""
     from tests.helpers import run_cli
 
-    command = re.search(r"Made with `harness report ([^`]*)`", (folder / "README.md").read_text()).group(1).split()
+    command = shlex.split(re.search(r"Made with `harness report ([^`]*)`", (folder / "README.md").read_text()).group(1))
     command[command.index("--out") + 1] = str(tmp_path)
     monkeypatch.chdir(REPO)
     code, _, err = run_cli(monkeypatch, capsys, "report", *command)

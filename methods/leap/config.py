@@ -21,19 +21,21 @@ from harness.config import PrunerConfig
 from harness.errors import HarnessError
 from harness.registry import get_pruner
 
-# paper: the paper's hyperparameters as the harness runs them (float32 logits, τ from 4, one mask
-# per sequence, τ and s reaching their end values at the last step, an exact global top-k).
-# reference: the authors' code as it runs on their GPUs (bfloat16 logits and noise, their
-# controller's t/T that never reaches the end values, θ > 0). small-budget: what the CPU budget
-# study found learns in a few hundred steps (τ from 1, one mask per micro-batch, so twice the steps
-# in the same time). docs/leap.md, Recipes and Budget study.
 _HARNESS = {"logit_dtype": "float32", "schedule_end": "last-step", "final_mask": "topk"}
 RECIPES: dict[str, dict[str, str | float]] = {
     "paper": {**_HARNESS, "tau_start": 4.0, "sampling": "sequence"},
     "reference": {"logit_dtype": "bfloat16", "schedule_end": "t/T", "final_mask": "threshold", "tau_start": 4.0, "sampling": "sequence"},
     "small-budget": {**_HARNESS, "tau_start": 1.0, "sampling": "micro-batch"},
 }
-DEVICE_RECIPES = {"cuda": "paper", "cpu": "small-budget"}  # the recipe where leap.recipe is unset; other devices: cpu's
+"""paper: the paper's hyperparameters as the harness runs them (float32 logits, τ from 4, one mask
+per sequence, τ and s reaching their end values at the last step, an exact global top-k).
+reference: the authors' code as it runs on their GPUs (bfloat16 logits and noise, their
+controller's t/T that never reaches the end values, θ > 0). small-budget: what the CPU budget
+study found learns in a few hundred steps (τ from 1, one mask per micro-batch, so twice the steps
+in the same time). docs/leap.md, Recipes and Budget study."""
+DEVICE_RECIPES = {"cuda": "paper", "cpu": "small-budget"}
+"""The recipe where leap.recipe is unset, by device type; other devices take the CPU's."""
+UNRESOLVED = "the LEAP config is not resolved for a device; call config.resolve(device) first"
 
 
 @dataclass
@@ -42,7 +44,7 @@ class MaskTrainingConfig(PrunerConfig):
 
     The budget fields left at None are resolved by `Budget.resolve` from the device: the paper's
     scale on CUDA, a small budget on CPU. The fields a recipe sets, left at None, come from the
-    recipe (`with_recipe`), itself the device's (`DEVICE_RECIPES`) where it is None."""
+    recipe (`_with_recipe`), itself the device's (`DEVICE_RECIPES`) where it is None."""
 
     steps: int | None = None  # optimizer steps
     batch_size: int | None = None  # sequences per micro-batch
@@ -95,9 +97,9 @@ class MaskTrainingConfig(PrunerConfig):
     def resolve(self, device: torch.device) -> MaskTrainingConfig:
         budget = Budget.resolve(self, device)
         autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
-        return dataclasses.replace(self.with_recipe(device), **dataclasses.asdict(budget), autocast_bf16=autocast)
+        return dataclasses.replace(self._with_recipe(device), **dataclasses.asdict(budget), autocast_bf16=autocast)
 
-    def with_recipe(self, device: torch.device) -> MaskTrainingConfig:
+    def _with_recipe(self, device: torch.device) -> MaskTrainingConfig:
         """This config with its recipe (the device's where unset) named and the recipe's values in
         the fields left at None."""
         recipe = self.recipe or DEVICE_RECIPES.get(device.type, DEVICE_RECIPES["cpu"])
@@ -145,7 +147,7 @@ class Budget:
         """The budget of a config already resolved for its device (`config.resolve(device)`)."""
         given = (config.steps, config.batch_size, config.grad_accum, config.seqlen)
         if None in given:
-            raise ValueError("the LEAP config is not resolved for a device; call config.resolve(device) first")
+            raise ValueError(UNRESOLVED)
         return cls(*given)
 
 

@@ -12,8 +12,9 @@ top-k of θ at the target sparsity (`final_mask=topk`, so every method is compar
 sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported), and
 W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept weights
 are then re-fitted layer by layer by ADMM's least-squares update with LEAP's mask fixed. The
-recipe (config.py `RECIPES`) chooses θ's dtype, the end of the τ and s schedules and the final
-mask where the user leaves them unset.
+recipe (config.py `RECIPES`; unset, the device's: `paper` on CUDA, `small-budget` on CPU) chooses
+θ's dtype, τ's start, the end of the τ and s schedules, the mask sampling and the final mask
+where the user leaves them unset.
 
 A layer-wise profile (`--profile owl`) sets the prior's per-matrix targets; training and the
 final top-k stay global, so LEAP may move sparsity between layers from there.
@@ -43,9 +44,9 @@ from harness.distributed import world
 from harness.errors import HarnessError
 from harness.methods.admm import ADMMConfig, admm_reconstruct
 from harness.methods.leap.checkpoint import Checkpoint
-from harness.methods.leap.config import Budget, LEAPConfig
+from harness.methods.leap.config import UNRESOLVED, Budget, LEAPConfig
 from harness.methods.leap.relaxed_mask import LearnableMasks, hard_masks, init_logits, pack_mask, unpack_mask
-from harness.methods.leap.training import subsample_curve, train_masks
+from harness.methods.leap.training import check_shares, step_forwards, subsample_curve, train_masks
 from harness.methods.leap.windows import BlockWindows, WindowSource
 from harness.pruner import PruneContext, Pruner
 from harness.registry import get_pruner
@@ -76,7 +77,7 @@ class LEAPPruner(Pruner):
     def final_mask(self) -> str:
         """The resolved config's final mask (the plan and `run` resolve the config before they check)."""
         if self.config.final_mask is None:
-            raise ValueError("the LEAP config is not resolved for a device; call config.resolve(device) first")
+            raise ValueError(UNRESOLVED)
         return self.config.final_mask
 
     def exact_sparsity(self) -> bool:
@@ -91,6 +92,10 @@ class LEAPPruner(Pruner):
             raise HarnessError(f"leap.final_mask={self.final_mask()} cannot give N:M sparsity ({sparsity}); use leap.final_mask=topk")
         if not get_pruner(self.config.prior).supports_nm:
             raise HarnessError(f"leap.prior={self.config.prior} does not support N:M sparsity ({sparsity}); use leap.prior=wanda")
+
+    def check_ranks(self, ranks: int) -> None:
+        """Every rank needs at least one mask sample of each step."""
+        check_shares(len(step_forwards(Budget.of(self.config), self.config.sampling)), ranks, self.config.sampling)
 
     def check_profile(self, profile: str) -> None:
         """A layer-wise profile reaches LEAP through its prior, so the prior must follow it."""

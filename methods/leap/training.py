@@ -185,7 +185,7 @@ def train_masks(
     start, curve, seconds_before = _restore(masks, optimizer, resume)
     ranks = world()
     forwards = step_forwards(budget, config.sampling)
-    _join_ranks(ranks, masks, len(forwards), start, device)
+    _join_ranks(ranks, masks, len(forwards), start, device, config.sampling)
     begin = time.perf_counter()
     bar = tqdm(range(start, budget.steps), desc="leap", disable=not (progress and ranks.is_main), initial=start, total=budget.steps)
     with _training_mode(model, config.grad_checkpointing):
@@ -242,14 +242,18 @@ def _restore(masks: LearnableMasks, optimizer: torch.optim.Optimizer, resume: Ch
     return resume.step, list(resume.curve), resume.seconds
 
 
-def _join_ranks(ranks: World, masks: LearnableMasks, forwards: int, start: int, device: torch.device) -> None:
+def check_shares(forwards: int, ranks: int, sampling: str) -> None:
+    """Refuse a step with fewer mask samples (`forwards`) than ranks to deal them to, naming the
+    setting that adds samples under `sampling`."""
+    if forwards < ranks:
+        more = "leap.grad_accum or leap.batch_size" if sampling == "sequence" else "leap.grad_accum (one mask per micro-batch), or set leap.sampling=sequence"
+        raise HarnessError(f"a LEAP step has {forwards} mask sample(s) to share among {ranks} ranks; raise {more}, or start fewer ranks")
+
+
+def _join_ranks(ranks: World, masks: LearnableMasks, forwards: int, start: int, device: torch.device, sampling: str) -> None:
     """Under torchrun: every rank has a share of the step's forwards, resumes from the same step
     and starts from rank 0's logits (whatever each rank's prior did)."""
-    if forwards < ranks.size:
-        raise HarnessError(
-            f"a LEAP step has {forwards} mask sample(s) to share among {ranks.size} ranks; "
-            "raise leap.grad_accum or leap.batch_size, or start fewer ranks"
-        )
+    check_shares(forwards, ranks.size, sampling)
     ranks.agree(start, "the step to resume from", "every rank must read rank 0's checkpoint (a shared work folder)", device)
     with torch.no_grad():
         ranks.share_from_main(list(masks.logits.values()))
