@@ -4,10 +4,10 @@ LEAP's two mask samplings against each other.
 All steps use the same model, batch and sequence length: the dense step trains every parameter
 with AdamW; a LEAP step is `train_masks` itself (relaxed masks on the targeted linears, AdamW on
 the logits, the paper's regularizers), once with one mask per sequence (`sampling=sequence`, the
-paper recipe's: a forward per sequence) and once with one per micro-batch (`sampling=micro-batch`,
-the small-budget recipe's: one forward of the batch). Each side runs in its own subprocess so its peak RSS is its own; sides
-alternate `--repeats` times so that a noisy shared machine affects all alike. The first step of
-each run is a warm-up and is not timed.
+paper recipe's: a forward per sequence) and once with one per micro-batch
+(`sampling=micro-batch`, the small-budget recipe's: one forward of the batch). Each side runs in
+its own subprocess so its peak RSS is its own; sides alternate `--repeats` times so that a noisy
+shared machine affects all alike. The first step of each run is a warm-up and is not timed.
 
     python benchmarks/leap_step.py [--model smollm2-135m] [--batch 4] [--seqlen 256] [--steps 4]
         [--repeats 2] [--write docs/leap.md] [--json FILE]

@@ -242,11 +242,12 @@ def _tables(results: Results, baseline: str, target: str, stderr: bool, warnings
     tables = {"main": main_table(results, baseline)}
     if not results.groups:
         warnings.append("no pruned records yet: the tables have no rows")
-    rows = [row for row in results.methods if method_of_row(row) == target]
-    if target not in results.methods and rows:
-        warnings.append(f"target {target!r} names no row; its method's rows are {', '.join(rows)}: name one with --target; deltas summary skipped")
-    elif target not in results.methods:
-        warnings.append(f"target method {target!r} has no records; deltas summary skipped")
+    if target not in results.methods:
+        rows = [row for row in results.methods if method_of_row(row) == target]
+        if rows:
+            warnings.append(f"target {target!r} names no row; its method's rows are {', '.join(rows)}: name one with --target; deltas summary skipped")
+        else:
+            warnings.append(f"target method {target!r} has no records; deltas summary skipped")
     elif target == baseline:
         warnings.append(f"target and baseline are both {target!r}; deltas summary skipped")
     elif not results.has(AVG):
