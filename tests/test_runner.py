@@ -126,18 +126,26 @@ def test_interrupted_sweep_loses_only_the_cell_in_progress(model_dir, tmp_path, 
     assert len(list(tmp_path.rglob("*.json"))) == 3
 
 
-def test_save_model_round_trip_keeps_sparsity(model_dir, tmp_path, data_dir):
-    from transformers import AutoModelForCausalLM
+def test_save_model_round_trip_keeps_sparsity_and_logits(model_dir, tmp_path, data_dir):
+    """The saved folder loads back with from_pretrained to the pruned model: the same zero count,
+    and the same NLL on every perplexity window as the run measured before saving."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.evaluation.perplexity import wikitext2_windows, window_nlls
     from harness.targets import count_zeros, target_linears
 
     saved = tmp_path / "saved"
-    records = run_sweep(_settings(model_dir, tmp_path / "res", sparsities=["0.6"], save_model=saved, include_dense=False), log=lambda _: None).records
+    settings = _settings(model_dir, tmp_path / "res", sparsities=["0.6"], save_model=saved, include_dense=False)
+    (record,) = run_sweep(settings, log=lambda _: None).records
     folders = [p.parent for p in saved.rglob("config.json")]
     assert len(folders) == 1
     reloaded = AutoModelForCausalLM.from_pretrained(folders[0], dtype=torch.float32)
     _, overall = count_zeros(target_linears(reloaded))
-    assert overall == pytest.approx(records[0]["realized_sparsity"])
+    assert overall == pytest.approx(record["realized_sparsity"])
+    evaluation = record["evaluation"]
+    windows = wikitext2_windows(AutoTokenizer.from_pretrained(folders[0]), evaluation["ppl_seqlen"], evaluation["ppl_tokens"], data_dir=settings.data_dir)
+    _, nlls = window_nlls(reloaded, windows)
+    assert nlls == pytest.approx(record["ppl_per_window"]["nll"], rel=1e-6)
 
 
 @pytest.mark.parametrize(
