@@ -8,7 +8,8 @@
 # leap6 item except MMLU at 20 per subject, the whole WikiText-2 test set at the LEAP paper's
 # 4096-token window, bfloat16, dense + Wanda + ADMM + LEAP at 50% and 60%. LEAP trains 200 steps
 # of 4 x 8 sequences of 4096 tokens (26M tokens, about 1/40 of the paper's budget) from its Wanda
-# prior. Each cell writes its record as soon as it ends, so a run cut short keeps what it finished;
+# prior, with the small-budget recipe (tau_start 1, one mask per micro-batch: the default up to 256
+# steps, docs/leap.md). Each cell writes its record as soon as it ends, so a run cut short keeps what it finished;
 # re-running the script computes only the missing cells. Nothing here has run on a GPU yet: the
 # first session that is lent one runs it and commits results/gpu-check and reports/gpu-check.
 set -euo pipefail

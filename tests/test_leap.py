@@ -20,7 +20,7 @@ from harness.errors import HarnessError
 from harness.methods.leap import pruner as leap_pruner
 from harness.methods.leap import relaxed_mask
 from harness.methods.leap.checkpoint import Checkpoint
-from harness.methods.leap.config import DEVICE_RECIPES, RECIPES, Budget
+from harness.methods.leap.config import RECIPES, SMALL_BUDGET_MAX_STEPS, Budget
 from harness.methods.leap.relaxed_mask import (
     LOGIT_PARAM,
     LearnableMasks,
@@ -742,17 +742,21 @@ def test_recipes_fill_the_fields_left_unset_and_explicit_values_win():
     assert all(defaults[name] is None for name in RECIPES["paper"])
 
 
-def test_unset_recipe_follows_the_device_as_the_budget_does():
-    """The CPU's small budget trains with the small-budget recipe, the paper's budget on CUDA with
-    the paper's; a named recipe or an explicit field wins on either device."""
+def test_unset_recipe_follows_the_number_of_steps():
+    """A short schedule trains with the small-budget recipe on any device (the CPU's 128 steps, a
+    200-step GPU check), the paper's 2000 steps on CUDA with the paper's; a named recipe or an
+    explicit field wins."""
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert (LEAPConfig().resolve(cpu).recipe, LEAPConfig().resolve(cuda).recipe) == ("small-budget", "paper")
+    assert LEAPConfig(steps=200).resolve(cuda).recipe == "small-budget"
+    assert LEAPConfig(steps=SMALL_BUDGET_MAX_STEPS).resolve(cpu).recipe == "small-budget"
+    assert LEAPConfig(steps=SMALL_BUDGET_MAX_STEPS + 1).resolve(cpu).recipe == "paper"
     assert LEAPConfig().resolve(cpu) == LEAPConfig(recipe="small-budget").resolve(cpu)
     assert LEAPConfig().resolve(cuda) == LEAPConfig(recipe="paper").resolve(cuda)
     assert LEAPConfig(recipe="paper").resolve(cpu).tau_start == 4.0
+    assert LEAPConfig(steps=200, recipe="paper").resolve(cuda).tau_start == 4.0
     assert LEAPConfig(tau_start=2.0).resolve(cpu).tau_start == 2.0
-    assert LEAPConfig().resolve(torch.device("mps")).recipe == "small-budget"  # any other device: the CPU's
-    assert set(DEVICE_RECIPES.values()) <= set(RECIPES)
+    assert LEAPConfig().resolve(torch.device("mps")).recipe == "small-budget"  # any other device: the CPU's budget
 
 
 def test_unknown_recipe_is_refused_with_the_names():

@@ -5,9 +5,9 @@ mask, refit).
 A recipe is a named set of values for fields the user left at None (`RECIPES`): `resolve` fills
 them in as it fills in the budget from the device, so the resolved config, which names each
 record, states every concrete value, and an explicit `--set leap.FIELD=...` wins over the recipe.
-The recipe itself, left unset, follows the device as the budget does (`DEVICE_RECIPES`): the
-paper's settings for the paper's budget on CUDA, `small-budget` for the CPU's 128 steps.
-Adding a recipe is one entry in `RECIPES`."""
+The recipe itself, left unset, follows the number of steps (`default_recipe`): `small-budget`
+for a short schedule (the CPU's 128 steps, a short GPU check), the paper's settings for the paper's
+2000 steps on CUDA. Adding a recipe is one entry in `RECIPES`."""
 
 from __future__ import annotations
 
@@ -33,8 +33,17 @@ reference: the authors' code as it runs on their GPUs (bfloat16 logits and noise
 controller's t/T that never reaches the end values, θ > 0). small-budget: what the CPU budget
 study found learns in a few hundred steps (τ from 1, one mask per micro-batch, so twice the steps
 in the same time). docs/leap.md, Recipes and Budget study."""
-DEVICE_RECIPES = {"cuda": "paper", "cpu": "small-budget"}
-"""The recipe where leap.recipe is unset, by device type; other devices take the CPU's."""
+SMALL_BUDGET_MAX_STEPS = 256
+"""The longest schedule the small-budget recipe was measured to win at (docs/leap.md, Budget study);
+longer ones keep the paper's settings."""
+
+
+def default_recipe(steps: int) -> str:
+    """The recipe where leap.recipe is unset: small-budget up to SMALL_BUDGET_MAX_STEPS steps, where
+    the paper's τ_start = 4 spends too much of a short schedule on masks near one half, else paper."""
+    return "small-budget" if steps <= SMALL_BUDGET_MAX_STEPS else "paper"
+
+
 UNRESOLVED = "the LEAP config is not resolved for a device; call config.resolve(device) first"
 
 
@@ -44,7 +53,7 @@ class MaskTrainingConfig(PrunerConfig):
 
     The budget fields left at None are resolved by `Budget.resolve` from the device: the paper's
     scale on CUDA, a small budget on CPU. The fields a recipe sets, left at None, come from the
-    recipe (`_with_recipe`), itself the device's (`DEVICE_RECIPES`) where it is None."""
+    recipe (`_with_recipe`), itself the budget's (`default_recipe`) where it is None."""
 
     steps: int | None = None  # optimizer steps
     batch_size: int | None = None  # sequences per micro-batch
@@ -69,7 +78,7 @@ class MaskTrainingConfig(PrunerConfig):
     checkpoint_every: int = 25  # steps between checkpoints in the run's work folder; 0 = never
     autocast_bf16: bool | None = None  # None: on for CUDA, off for CPU
     grad_checkpointing: bool = False  # recompute each decoder layer in backward (large models)
-    recipe: str | None = None  # a name in RECIPES, whose values fill the fields it names that are left at None; None: the device's
+    recipe: str | None = None  # a name in RECIPES, whose values fill the fields it names that are left at None; None: the budget's
     # θ's dtype, which also keeps AdamW's moments and decides the relaxed sample's arithmetic.
     logit_dtype: Literal["float32", "bfloat16"] | None = None
     # τ and s reach their end values at the last step, or follow the reference's t/T (never reaching them).
@@ -97,12 +106,12 @@ class MaskTrainingConfig(PrunerConfig):
     def resolve(self, device: torch.device) -> MaskTrainingConfig:
         budget = Budget.resolve(self, device)
         autocast = self.autocast_bf16 if self.autocast_bf16 is not None else device.type == "cuda"
-        return dataclasses.replace(self._with_recipe(device), **dataclasses.asdict(budget), autocast_bf16=autocast)
+        return dataclasses.replace(self._with_recipe(budget.steps), **dataclasses.asdict(budget), autocast_bf16=autocast)
 
-    def _with_recipe(self, device: torch.device) -> MaskTrainingConfig:
-        """This config with its recipe (the device's where unset) named and the recipe's values in
+    def _with_recipe(self, steps: int) -> MaskTrainingConfig:
+        """This config with its recipe (the budget's where unset) named and the recipe's values in
         the fields left at None."""
-        recipe = self.recipe or DEVICE_RECIPES.get(device.type, DEVICE_RECIPES["cpu"])
+        recipe = self.recipe or default_recipe(steps)
         names = {f.name for f in dataclasses.fields(self)}
         unset = {name: value for name, value in RECIPES[recipe].items() if name in names and getattr(self, name) is None}
         return dataclasses.replace(self, recipe=recipe, **unset)

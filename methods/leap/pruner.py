@@ -12,7 +12,7 @@ top-k of θ at the target sparsity (`final_mask=topk`, so every method is compar
 sparsity) or the reference's θ > 0 (`final_mask=threshold`, realized sparsity reported), and
 W ⊙ M is written into the weights. Optionally (`refit=true`, not in the paper) the kept weights
 are then re-fitted layer by layer by ADMM's least-squares update with LEAP's mask fixed. The
-recipe (config.py `RECIPES`; unset, the device's: `paper` on CUDA, `small-budget` on CPU) chooses
+recipe (config.py `RECIPES`; unset, the budget's: `small-budget` up to 256 steps, `paper` beyond) chooses
 θ's dtype, τ's start, the end of the τ and s schedules, the mask sampling and the final mask
 where the user leaves them unset.
 
