@@ -132,6 +132,7 @@ def test_save_model_round_trip_keeps_sparsity_and_logits(model_dir, tmp_path, da
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.evaluation.perplexity import wikitext2_windows, window_nlls
+    from harness.models import needs_bos_per_window
     from harness.targets import count_zeros, target_linears
 
     saved = tmp_path / "saved"
@@ -143,7 +144,8 @@ def test_save_model_round_trip_keeps_sparsity_and_logits(model_dir, tmp_path, da
     _, overall = count_zeros(target_linears(reloaded))
     assert overall == pytest.approx(record["realized_sparsity"])
     evaluation = record["evaluation"]
-    windows = wikitext2_windows(AutoTokenizer.from_pretrained(folders[0]), evaluation["ppl_seqlen"], evaluation["ppl_tokens"], data_dir=settings.data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folders[0])
+    windows = wikitext2_windows(tokenizer, evaluation["ppl_seqlen"], evaluation["ppl_tokens"], needs_bos_per_window(reloaded), settings.data_dir)
     _, nlls = window_nlls(reloaded, windows)
     assert nlls == pytest.approx(record["ppl_per_window"]["nll"], rel=1e-6)
 
